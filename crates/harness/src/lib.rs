@@ -1,0 +1,366 @@
+//! Test harness: a private containerd in a temporary folder, with its own
+//! root, state, socket and namespace, and the freshly built shim first on its
+//! PATH; plus helpers to import the example images and drive them with `ctr`.
+//!
+//! Which containerd: `CONTAINERD_BIN_DIR` names the folder holding
+//! `containerd` and `ctr` (default `/usr/bin`); `scripts/test.sh` runs the
+//! suite once per version. Which shim: `SHIM_BIN_DIR` (default
+//! `<workspace>/target/release`).
+
+pub mod cmd;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub use cmd::Output;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where the example guests and their image tars are built.
+pub fn examples_dir() -> PathBuf {
+    workspace().join("target/examples")
+}
+
+fn shim_bin_dir() -> PathBuf {
+    std::env::var_os("SHIM_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release"))
+}
+
+fn containerd_bin_dir() -> PathBuf {
+    std::env::var_os("CONTAINERD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin"))
+}
+
+/// The `ctr` binary of the containerd under test.
+pub fn ctr_path() -> PathBuf {
+    containerd_bin_dir().join("ctr")
+}
+
+pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
+pub const SHIM_BINARY: &str = "containerd-shim-wasmtime-v1";
+
+/// A private containerd. Dropping it stops the daemon and removes its folder.
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub namespace: String,
+    bin_dir: PathBuf,
+    child: Child,
+    /// `containerd --version` as reported, e.g. `1.6.20~ds1`.
+    pub version: String,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Containerd {
+    /// Starts a containerd and waits until it answers.
+    pub fn start() -> Result<Self> {
+        let bin_dir = containerd_bin_dir();
+        let containerd = bin_dir.join("containerd");
+        let version_out = Command::new(&containerd)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("run {} --version", containerd.display()))?;
+        let version = String::from_utf8_lossy(&version_out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("unknown")
+            .to_string();
+        let major = version.chars().next().unwrap_or('1');
+
+        let shim = shim_bin_dir().join(SHIM_BINARY);
+        if !shim.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release -p shim-wasmtime`",
+                shim.display()
+            );
+        }
+        // Short paths: unix socket paths are limited to 108 bytes.
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let namespace = format!("wt{}x{n}", std::process::id());
+        let dir = PathBuf::from(format!("/tmp/{namespace}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin"))?;
+        std::os::unix::fs::symlink(&shim, dir.join("bin").join(SHIM_BINARY))?;
+
+        let config = if major >= '2' {
+            format!(
+                "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.nri.v1.nri\"]\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}/opt\"\n",
+                dir.display()
+            )
+        } else {
+            format!(
+                "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}/opt\"\n",
+                dir.display()
+            )
+        };
+        std::fs::write(dir.join("config.toml"), config)?;
+        let socket = dir.join("c.sock");
+        let path = format!(
+            "{}:{}:{}",
+            dir.join("bin").display(),
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let child = Command::new(&containerd)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--log-level")
+            .arg("debug")
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", containerd.display()))?;
+        let cd = Self {
+            dir,
+            socket,
+            namespace,
+            bin_dir,
+            child,
+            version,
+        };
+        cd.wait_ready()?;
+        Ok(cd)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket.exists() && self.ctr(&["version"]).is_ok_and(|o| o.success()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("containerd did not come up; its log:\n{}", self.log())
+    }
+
+    /// containerd's own log, where the shim's log lines end up too.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// A `ctr` command aimed at this containerd and namespace.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin_dir.join("ctr"));
+        c.arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.namespace)
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `ctr` with a 60 s limit.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        cmd::run(self.ctr_command(args), Duration::from_secs(60))
+    }
+
+    /// Imports an example image (built by `examples/images.sh`) and returns its name.
+    pub fn import(&self, example: &str) -> Result<String> {
+        let tar = examples_dir().join("images").join(format!("{example}.tar"));
+        if !tar.exists() {
+            bail!(
+                "{} is missing: run examples/build.sh and examples/images.sh",
+                tar.display()
+            );
+        }
+        self.import_tar(&tar)?;
+        Ok(image_name(example))
+    }
+
+    /// Imports any image tar.
+    pub fn import_tar(&self, tar: &Path) -> Result<()> {
+        let tar = tar.to_string_lossy();
+        self.ctr(&["images", "import", "--all-platforms", &tar])?
+            .ok()
+            .with_context(|| format!("import {tar}"))?;
+        Ok(())
+    }
+
+    /// `ctr run --rm --runtime io.containerd.wasmtime.v1 IMAGE ID ARGS…`
+    pub fn run_rm(&self, image: &str, id: &str, args: &[&str]) -> Result<Output> {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, image, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// Waits until `ctr task ls` shows the task in `status` (e.g. RUNNING).
+    pub fn wait_status(&self, id: &str, status: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.ctr(&["tasks", "ls"])?.stdout;
+            if last.lines().any(|l| {
+                l.split_whitespace().next() == Some(id)
+                    && l.split_whitespace().nth(2) == Some(status)
+            }) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("task {id} never reached {status}; tasks:\n{last}")
+    }
+
+    /// Shim processes serving this containerd's namespace.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        processes_with_args(&[SHIM_BINARY, &self.namespace])
+    }
+
+    /// Mounts below this containerd's folder.
+    pub fn mounts(&self) -> Vec<String> {
+        let prefix = self.dir.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(4)
+                    .is_some_and(|m| m.starts_with(&prefix))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Task state folders left in containerd's state for this namespace.
+    pub fn task_state_dirs(&self) -> Vec<String> {
+        let ns = self
+            .state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace);
+        std::fs::read_dir(ns)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks that nothing of this namespace is left: no task, no container,
+    /// no mount, no state folder, no shim process. Shims exit asynchronously
+    /// after their last delete, so this waits a little for them.
+    pub fn assert_clean(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tasks = self.ctr(&["tasks", "ls", "-q"])?.stdout;
+            let containers = self.ctr(&["containers", "ls", "-q"])?.stdout;
+            let mounts = self.mounts();
+            let states = self.task_state_dirs();
+            let shims = self.shim_pids();
+            if tasks.trim().is_empty()
+                && containers.trim().is_empty()
+                && mounts.is_empty()
+                && states.is_empty()
+                && shims.is_empty()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "left behind: tasks {tasks:?}, containers {containers:?}, mounts {mounts:?}, \
+                     state folders {states:?}, shim pids {shims:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Remove what is left, so a failed test does not leak into the next.
+        if let Ok(out) = self.ctr(&["tasks", "ls", "-q"]) {
+            for id in out.stdout.lines().filter(|l| !l.is_empty()) {
+                let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+                let _ = self.ctr(&["tasks", "delete", "-f", id]);
+            }
+        }
+        if let Ok(out) = self.ctr(&["containers", "ls", "-q"]) {
+            for id in out.stdout.lines().filter(|l| !l.is_empty()) {
+                let _ = self.ctr(&["containers", "delete", id]);
+            }
+        }
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        for pid in self.shim_pids() {
+            // SAFETY: kill(2) on a shim this test's containerd started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for m in self.mounts().iter().rev() {
+            if let Some(target) = m.split_whitespace().nth(4) {
+                let _ = Command::new("umount").arg("-l").arg(target).status();
+            }
+        }
+        remove_cgroups(&self.namespace);
+        if std::env::var_os("KEEP_CONTAINERD").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// runc puts containers in `/<namespace>/<id>` cgroups, shared by every
+/// containerd on the machine; remove this namespace's empty ones.
+fn remove_cgroups(namespace: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in rd.flatten() {
+        let ns = hierarchy.path().join(namespace);
+        if let Ok(children) = std::fs::read_dir(&ns) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = std::fs::remove_dir(c.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&ns);
+    }
+}
+
+/// The name `examples/images.sh` gives an example's image.
+pub fn image_name(example: &str) -> String {
+    format!("docker.io/wasmtime-examples/{example}:latest")
+}
+
+/// Pids of processes whose argv contains all of `needles`.
+pub fn processes_with_args(needles: &[&str]) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            needles.iter().all(|n| text.contains(n))
+        })
+        .collect()
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the example guests into $OUT (default: <workspace>/target/examples):
+#   $OUT/*.wasm         WASI preview1 modules compiled from examples/*/*.c
+#   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
+#   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
+# Every run rebuilds everything and produces the same bytes.
+#
+# Needs (Debian): clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt gcc libc6-dev
+set -euo pipefail
+
+EXAMPLES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$EXAMPLES")"
+OUT="${OUT:-$ROOT/target/examples}"
+CLANG="${CLANG:-clang-14}"
+CC="${CC:-cc}"
+
+die() {
+    echo "build.sh: $*" >&2
+    exit 1
+}
+
+# Check the toolchain up front, naming the package that provides what is missing.
+command -v "$CLANG" >/dev/null || die "$CLANG not found: apt-get install -y clang-14"
+command -v wasm-ld-14 >/dev/null || die "wasm-ld-14 not found: apt-get install -y lld-14"
+command -v wat2wasm >/dev/null || die "wat2wasm not found: apt-get install -y wabt"
+command -v "$CC" >/dev/null || die "$CC not found: apt-get install -y gcc libc6-dev"
+[[ -f /usr/lib/wasm32-wasi/libc.a && -f /usr/include/wasm32-wasi/stdio.h ]] ||
+    die "wasi-libc not found (/usr/lib/wasm32-wasi/libc.a): apt-get install -y wasi-libc"
+[[ -f "$("$CLANG" --target=wasm32-wasi --rtlib=compiler-rt -print-libgcc-file-name)" ]] ||
+    die "wasm32 compiler-rt builtins not found: apt-get install -y libclang-rt-14-dev-wasm32"
+
+mkdir -p "$OUT/bad" "$OUT/native"
+OUT="$(cd "$OUT" && pwd)" # absolute, as the build runs from $EXAMPLES
+
+# Guests. -s strips names and custom sections, so no path or timestamp leaks
+# into the output. Run from $EXAMPLES with relative paths for the same reason.
+cd "$EXAMPLES"
+for src in */*.c; do
+    name="$(basename "$src" .c)"
+    echo "wasm   $OUT/$name.wasm"
+    "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/$name.wasm" "$src"
+done
+
+# Broken inputs. component.wat is documentation only: wat2wasm cannot encode
+# components, so its binary form is written by hand below.
+for wat in bad/*.wat; do
+    name="$(basename "$wat" .wat)"
+    [[ "$name" == component ]] && continue
+    echo "wat    $OUT/bad/$name.wasm"
+    wat2wasm "$wat" -o "$OUT/bad/$name.wasm"
+done
+echo "bad    $OUT/bad/{not-wasm,truncated,empty,component}.wasm"
+cp bad/not-wasm.txt "$OUT/bad/not-wasm.wasm"
+head -c 20 "$OUT/hello.wasm" >"$OUT/bad/truncated.wasm"
+: >"$OUT/bad/empty.wasm"
+printf '\0asm\x0d\x00\x01\x00' >"$OUT/bad/component.wasm"
+
+# Native twin of hello for comparing against runc. Stripped so the binary does
+# not depend on where the checkout lives.
+echo "native $OUT/native/hello"
+"$CC" -O2 -Wall -Wextra -static -s -o "$OUT/native/hello" hello/hello.c

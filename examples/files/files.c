@@ -1,0 +1,118 @@
+/*
+ * File-system probe driven by argv:
+ *
+ *   files read PATH         copy the file's content to stdout
+ *   files write PATH TEXT   create or truncate PATH and write TEXT (no newline added)
+ *   files ls DIR            list DIR's entries one per line, sorted, without . and ..
+ *   files stat PATH         print "exists" if PATH can be stat'ed
+ *
+ * Success exits 0. A failed operation prints "error: OP PATH: <strerror>" to
+ * stderr (OP is open, read, write, close or stat) and exits 1; bad usage
+ * exits 2.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int fail(const char *op, const char *path) {
+    fprintf(stderr, "error: %s %s: %s\n", op, path, strerror(errno));
+    return 1;
+}
+
+static int do_read(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return fail("open", path);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        fwrite(buf, 1, n, stdout);
+    int err = ferror(f);
+    fclose(f);
+    return err ? fail("read", path) : 0;
+}
+
+static int do_write(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (f == NULL)
+        return fail("open", path);
+    if (fputs(text, f) == EOF) {
+        int saved = errno;
+        fclose(f);
+        errno = saved;
+        return fail("write", path);
+    }
+    if (fclose(f) != 0)
+        return fail("close", path);
+    return 0;
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int do_ls(const char *path) {
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return fail("open", path);
+    char **names = NULL;
+    size_t count = 0, cap = 0;
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **grown = realloc(names, cap * sizeof *names);
+            if (grown == NULL) {
+                closedir(d);
+                return fail("read", path);
+            }
+            names = grown;
+        }
+        if ((names[count] = strdup(e->d_name)) == NULL) {
+            closedir(d);
+            return fail("read", path);
+        }
+        count++;
+        errno = 0;
+    }
+    int err = errno;
+    closedir(d);
+    if (err != 0) {
+        errno = err;
+        return fail("read", path);
+    }
+    qsort(names, count, sizeof *names, cmp_names);
+    for (size_t i = 0; i < count; i++) {
+        puts(names[i]);
+        free(names[i]);
+    }
+    free(names);
+    return 0;
+}
+
+static int do_stat(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return fail("stat", path);
+    puts("exists");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "read") == 0)
+        return do_read(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "write") == 0)
+        return do_write(argv[2], argv[3]);
+    if (argc == 3 && strcmp(argv[1], "ls") == 0)
+        return do_ls(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "stat") == 0)
+        return do_stat(argv[2]);
+    fprintf(stderr, "usage: files read PATH | write PATH TEXT | ls DIR | stat PATH\n");
+    return 2;
+}

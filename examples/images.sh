@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Turns each example module into an OCI image layout tar with one tar layer,
+# which `ctr images import` takes:
+#   target/examples/images/<name>.tar  ->  docker.io/wasmtime-examples/<name>:latest
+# The bad inputs become images too (bad-<name>), so tests can run them.
+# Builds are reproducible: the same module gives the same digests.
+# Needs examples/build.sh to have run, and the oci-artifact CLI (built here).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/target/examples}"
+CLI="${OCI_ARTIFACT:-$ROOT/target/release/oci-artifact}"
+if [[ ! -x "$CLI" ]]; then
+    cargo build --release -q -p oci-artifact --manifest-path "$ROOT/Cargo.toml"
+fi
+mkdir -p "$OUT/images"
+
+shopt -s nullglob
+for wasm in "$OUT"/*.wasm; do
+    name="$(basename "$wasm" .wasm)"
+    "$CLI" build "$wasm" --name "docker.io/wasmtime-examples/$name:latest" -o "$OUT/images/$name.tar" >/dev/null
+done
+# Bad inputs: the builder refuses what is not wasm, so these layers are made
+# with --force-any, which only skips that check.
+for wasm in "$OUT"/bad/*.wasm; do
+    name="bad-$(basename "$wasm" .wasm)"
+    "$CLI" build "$wasm" --force-any --module-name "$(basename "$wasm")" \
+        --name "docker.io/wasmtime-examples/$name:latest" -o "$OUT/images/$name.tar" >/dev/null
+done
+echo "images in $OUT/images"

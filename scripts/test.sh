@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on this machine:
+#   1. installs the Debian packages it needs (containerd, runc, clang-14, ...),
+#   2. fetches containerd 1.7.24 and 2.1.9 beside the system's 1.6.20,
+#   3. builds the shim, the oci-artifact CLI, the example guests and their images,
+#   4. runs the unit tests, then the end-to-end tests once per containerd version.
+# Needs root: the shim mounts container root filesystems.
+#
+# Environment:
+#   CONTAINERD_VERSIONS  space-separated subset to test, e.g. "1.6.20" (default: all)
+#   E2E_FILTER           a cargo test filter for the end-to-end tests
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:/root/.cargo/bin:$PATH"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: the end-to-end tests need root (they mount container filesystems)" >&2
+    exit 1
+fi
+
+step() { echo "==> $*" >&2; }
+
+step "installing packages"
+bash scripts/install-deps.sh </dev/null
+
+step "fetching containerd versions"
+mapfile -t VERSIONS < <(bash scripts/fetch-containerd.sh)
+
+step "building the shim and the oci-artifact CLI"
+cargo build --release --locked -p shim-wasmtime -p oci-artifact
+
+step "building example guests and images"
+bash examples/build.sh >/dev/null
+bash examples/images.sh >/dev/null
+
+step "unit tests"
+cargo test --release --locked --workspace --exclude e2e
+
+wanted="${CONTAINERD_VERSIONS:-}"
+for line in "${VERSIONS[@]}"; do
+    read -r version bindir <<<"$line"
+    if [[ -n $wanted && " $wanted " != *" $version "* ]]; then
+        continue
+    fi
+    step "end-to-end tests against containerd $version ($bindir)"
+    CONTAINERD_BIN_DIR="$bindir" cargo test --release --locked -p e2e -- --test-threads=2 ${E2E_FILTER:-}
+done

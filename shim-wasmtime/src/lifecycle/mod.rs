@@ -1,0 +1,77 @@
+//! The engine-neutral task lifecycle: states, stdio, exits, events.
+//!
+//! Nothing in here knows about Wasmtime. An engine plugs in through two small
+//! traits: [`Runtime`] prepares a task in Create (so bad input fails early,
+//! with the container's name in the error), and [`Prepared`] starts it,
+//! returning a future that runs the guest to its exit. Killing a task drops
+//! that future, which is why engines must yield regularly.
+
+pub mod error;
+pub mod events;
+pub mod rootfs;
+pub mod stdio;
+pub mod task;
+pub mod usage;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+
+pub use self::stdio::Writer;
+pub use self::usage::Usage;
+
+/// What an engine is told about a container when it prepares it.
+#[derive(Debug)]
+pub struct TaskSpec {
+    pub id: String,
+    /// The mounted root filesystem.
+    pub rootfs: PathBuf,
+    pub spec: oci_spec::runtime::Spec,
+}
+
+/// The guest's ends of its standard streams.
+pub struct GuestIo {
+    pub stdin: Box<dyn AsyncRead + Send + Sync + Unpin>,
+    pub stdout: Writer,
+    pub stderr: Writer,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub code: u32,
+    /// Why it ended, when that is not a normal exit (a trap, a failed
+    /// instantiation). It is written to the task's stderr.
+    pub reason: Option<String>,
+}
+
+impl Exit {
+    pub fn code(code: u32) -> Self {
+        Self { code, reason: None }
+    }
+}
+
+/// A running guest: resolves when it exits. Dropping it stops the guest.
+pub type Running = Pin<Box<dyn Future<Output = Exit> + Send>>;
+
+/// An engine that runs tasks.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Loads and checks everything the task needs. Called in Create.
+    async fn prepare(
+        &self,
+        task: &TaskSpec,
+        usage: Arc<Usage>,
+    ) -> anyhow::Result<Box<dyn Prepared>>;
+}
+
+/// A task that is ready to start.
+#[async_trait]
+pub trait Prepared: Send {
+    /// Instantiates the guest. Called in Start; an error fails Start.
+    async fn start(self: Box<Self>, io: GuestIo) -> anyhow::Result<Running>;
+}

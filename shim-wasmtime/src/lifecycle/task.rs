@@ -1,0 +1,284 @@
+//! One task and its state machine.
+//!
+//! ```text
+//!            start            guest exits / kill
+//! Created ─────────► Running ────────────────────► Stopped ──► (deleted)
+//!    │                                               ▲
+//!    └──────────────── kill / failed start ──────────┘
+//! ```
+//!
+//! The exit is kept in a `watch` channel, so any number of `Wait` calls, made
+//! before or after the exit, all see it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{oneshot, watch};
+
+use super::error::{Error, Result};
+use super::stdio::{StdioPaths, TaskIo};
+use super::usage::{Metered, Usage};
+use super::{Exit, GuestIo, Prepared};
+
+/// The code a task gets when Start fails after Create succeeded, as runc
+/// reports for a start error.
+pub const START_FAILED_EXIT_CODE: u32 = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+enum State {
+    Created(Box<dyn Prepared>),
+    /// Between Start's arrival and the guest's instantiation.
+    Starting,
+    /// The sender stops the guest with a signal number.
+    Running(Option<oneshot::Sender<u32>>),
+    Stopped,
+}
+
+pub struct Task {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub stdio: StdioPaths,
+    pub pid: u32,
+    /// The rootfs, when the shim mounted it and must unmount it.
+    pub mounted_rootfs: Option<PathBuf>,
+    pub usage: Arc<Usage>,
+    state: Mutex<State>,
+    io: Mutex<TaskIo>,
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+/// What happened when a task was asked to stop.
+pub enum KillOutcome {
+    /// A running guest was told to stop; its exit follows.
+    Signalled,
+    /// A task that never started is now stopped.
+    StoppedBeforeStart(ExitStatus),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Task {
+    pub fn new(
+        id: String,
+        bundle: PathBuf,
+        stdio: StdioPaths,
+        mounted_rootfs: Option<PathBuf>,
+        usage: Arc<Usage>,
+        io: TaskIo,
+        prepared: Box<dyn Prepared>,
+    ) -> Self {
+        Self {
+            id,
+            bundle,
+            stdio,
+            pid: std::process::id(),
+            mounted_rootfs,
+            usage,
+            state: Mutex::new(State::Created(prepared)),
+            io: Mutex::new(io),
+            exit: watch::channel(None).0,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match *lock(&self.state) {
+            State::Created(_) => Status::Created,
+            State::Starting | State::Running(_) => Status::Running,
+            State::Stopped => Status::Stopped,
+        }
+    }
+
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the task to stop.
+    pub async fn wait(&self) -> ExitStatus {
+        let mut rx = self.exit.subscribe();
+        loop {
+            if let Some(status) = *rx.borrow_and_update() {
+                return status;
+            }
+            // The sender lives in `self`, so it cannot be dropped while we wait.
+            if rx.changed().await.is_err() {
+                return ExitStatus {
+                    code: START_FAILED_EXIT_CODE,
+                    at: SystemTime::now(),
+                };
+            }
+        }
+    }
+
+    /// Instantiates the guest and runs it on its own async task.
+    /// `on_started` runs once the guest is instantiated, before it can exit;
+    /// `on_exit` runs once it has stopped and its streams are closed.
+    pub async fn start(
+        self: &Arc<Self>,
+        on_started: impl FnOnce(),
+        on_exit: impl FnOnce(ExitStatus) + Send + 'static,
+    ) -> Result<()> {
+        let prepared = {
+            let mut state = lock(&self.state);
+            match std::mem::replace(&mut *state, State::Starting) {
+                State::Created(p) => p,
+                other => {
+                    *state = other;
+                    return Err(Error::precondition(format!(
+                        "task {} was already started",
+                        self.id
+                    )));
+                }
+            }
+        };
+        let io = {
+            let mut io = lock(&self.io);
+            GuestIo {
+                stdin: io
+                    .stdin
+                    .take()
+                    .unwrap_or_else(|| Box::new(tokio::io::empty())),
+                stdout: io.stdout.clone(),
+                stderr: io.stderr.clone(),
+            }
+        };
+        let stderr = io.stderr.clone();
+        let running = match prepared.start(io).await {
+            Ok(running) => running,
+            Err(err) => {
+                let err = Error::from(err).context(format!("start container {}", self.id));
+                self.finish(ExitStatus {
+                    code: START_FAILED_EXIT_CODE,
+                    at: SystemTime::now(),
+                });
+                return Err(err);
+            }
+        };
+        let (kill_tx, kill_rx) = oneshot::channel::<u32>();
+        *lock(&self.state) = State::Running(Some(kill_tx));
+        on_started();
+
+        let task = Arc::clone(self);
+        tokio::spawn(async move {
+            let guest = Metered::new(running, task.usage.clone());
+            let exit = tokio::select! {
+                exit = guest => exit,
+                Ok(signal) = kill_rx => Exit::code(128 + signal),
+            };
+            if let Some(reason) = &exit.reason {
+                write_reason(&stderr, reason).await;
+            }
+            let status = ExitStatus {
+                code: exit.code,
+                at: SystemTime::now(),
+            };
+            task.finish(status);
+            on_exit(status);
+        });
+        Ok(())
+    }
+
+    /// Stops the task with `signal`. Signals whose default action is to be
+    /// ignored, and signal 0, change nothing: a wasm guest cannot catch any.
+    pub fn kill(&self, signal: u32) -> Result<Option<KillOutcome>> {
+        const IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH];
+        let mut state = lock(&self.state);
+        match &mut *state {
+            State::Stopped => Err(Error::not_found(format!(
+                "task {}: process already finished",
+                self.id
+            ))),
+            _ if signal == 0 || IGNORED.contains(&(signal as i32)) => Ok(None),
+            State::Running(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(signal);
+                }
+                Ok(Some(KillOutcome::Signalled))
+            }
+            State::Starting => Err(Error::precondition(format!("task {} is starting", self.id))),
+            State::Created(_) => {
+                *state = State::Stopped;
+                drop(state);
+                let status = ExitStatus {
+                    code: 128 + signal,
+                    at: SystemTime::now(),
+                };
+                self.finish(status);
+                Ok(Some(KillOutcome::StoppedBeforeStart(status)))
+            }
+        }
+    }
+
+    /// Ends the guest's stdin.
+    pub fn close_stdin(&self) {
+        lock(&self.io).close_stdin();
+    }
+
+    /// Checks that the task may be deleted, and stops a created one.
+    /// Returns its exit status.
+    pub fn prepare_delete(&self) -> Result<ExitStatus> {
+        let mut state = lock(&self.state);
+        match &*state {
+            State::Starting | State::Running(_) => Err(Error::precondition(format!(
+                "task {} is running: stop it before deleting it",
+                self.id
+            ))),
+            State::Created(_) => {
+                *state = State::Stopped;
+                drop(state);
+                // Deleting a created task kills it, as runc does: SIGKILL.
+                let status = ExitStatus {
+                    code: 128 + libc::SIGKILL as u32,
+                    at: SystemTime::now(),
+                };
+                self.finish(status);
+                Ok(status)
+            }
+            State::Stopped => Ok(self.exit_status().unwrap_or(ExitStatus {
+                code: 0,
+                at: SystemTime::now(),
+            })),
+        }
+    }
+
+    /// Marks the task stopped: closes its streams, so clients see EOF, then
+    /// releases every waiter.
+    fn finish(&self, status: ExitStatus) {
+        *lock(&self.state) = State::Stopped;
+        lock(&self.io).close();
+        self.exit.send_replace(Some(status));
+    }
+}
+
+/// Writes why a guest ended to its stderr, without waiting on a client that
+/// has stopped reading.
+async fn write_reason(stderr: &super::Writer, reason: &str) {
+    let mut stderr = stderr.clone();
+    let mut text = reason.trim_end().to_owned();
+    text.push('\n');
+    let write = async {
+        stderr.write_all(text.as_bytes()).await?;
+        stderr.flush().await
+    };
+    if let Err(err) = tokio::time::timeout(std::time::Duration::from_secs(2), write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
+        tracing::debug!(%err, "could not write exit reason to stderr");
+    }
+}

@@ -1,0 +1,509 @@
+//! containerd's Task API over ttrpc, on top of the engine-neutral lifecycle.
+//!
+//! Each handler is a thin async function: look the task up, call the
+//! lifecycle, publish an event, convert the answer. No handler blocks a thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::{api, Task as TaskApi, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics,
+};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::types::task::ProcessInfo;
+use oci_spec::runtime::Spec;
+
+use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
+use crate::lifecycle::events::Events;
+use crate::lifecycle::stdio::{StdioPaths, TaskIo};
+use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task};
+use crate::lifecycle::{rootfs, Runtime, TaskSpec, Usage};
+
+pub struct TaskService {
+    runtime: Arc<dyn Runtime>,
+    tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
+    events: Events,
+    exit: Arc<ExitSignal>,
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+/// The shim has one process per task: the init process. There is no exec.
+fn no_exec(exec_id: &str) -> Result<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::not_found(format!(
+            "exec process {exec_id}: the wasmtime shim has no exec processes"
+        )))
+    }
+}
+
+impl TaskService {
+    pub fn new(runtime: Arc<dyn Runtime>, events: Events, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            runtime,
+            tasks: Arc::default(),
+            events,
+            exit,
+        }
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Task>> {
+        self.tasks()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("task {id} not found")))
+    }
+
+    async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        if self.tasks().contains_key(&id) {
+            return Err(Error::new(
+                Kind::AlreadyExists,
+                format!("task {id} already exists"),
+            ));
+        }
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(Error::unimplemented("restoring from a checkpoint"));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = load_spec(&bundle).await?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal
+                || spec
+                    .process()
+                    .as_ref()
+                    .is_some_and(|p| p.terminal().unwrap_or(false)),
+        };
+        // Open the streams first: a terminal request fails before anything is mounted.
+        let io = TaskIo::open(&stdio).await?;
+        let spec_root = spec.root().as_ref().map(|r| r.path().clone());
+        let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
+        let usage = Arc::new(Usage::default());
+        let task_spec = TaskSpec {
+            id: id.clone(),
+            rootfs: rootfs.clone(),
+            spec,
+        };
+        let prepared = match self.runtime.prepare(&task_spec, usage.clone()).await {
+            Ok(p) => p,
+            Err(err) => {
+                if mounted {
+                    rootfs::unmount(&rootfs).await;
+                }
+                return Err(Error::wrap(Kind::InvalidArgument, err));
+            }
+        };
+        let task = Arc::new(Task::new(
+            id.clone(),
+            bundle,
+            stdio.clone(),
+            mounted.then_some(rootfs),
+            usage,
+            io,
+            prepared,
+        ));
+        let pid = task.pid;
+        {
+            let mut tasks = self.tasks();
+            if tasks.contains_key(&id) {
+                return Err(Error::new(
+                    Kind::AlreadyExists,
+                    format!("task {id} already exists"),
+                ));
+            }
+            tasks.insert(id.clone(), task);
+        }
+        self.events.send(TaskCreate {
+            container_id: id,
+            bundle: req.bundle,
+            rootfs: req.rootfs,
+            io: MessageField::some(TaskIO {
+                stdin: stdio.stdin,
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
+                terminal: false,
+                ..Default::default()
+            }),
+            pid,
+            ..Default::default()
+        });
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
+        no_exec(&req.exec_id)?;
+        let task = self.get(&req.id)?;
+        let (id, pid) = (task.id.clone(), task.pid);
+        let requested = std::time::Instant::now();
+        let on_started = {
+            let (events, id) = (self.events.clone(), id.clone());
+            move || {
+                events.send(TaskStart {
+                    container_id: id,
+                    pid,
+                    ..Default::default()
+                })
+            }
+        };
+        let on_exit = {
+            let (events, id) = (self.events.clone(), id.clone());
+            move |status: ExitStatus| {
+                events.send(TaskExit {
+                    container_id: id.clone(),
+                    id,
+                    pid,
+                    exit_status: status.code,
+                    exited_at: MessageField::some(timestamp(status.at)),
+                    ..Default::default()
+                })
+            }
+        };
+        task.start(on_started, on_exit).await?;
+        tracing::info!(
+            id,
+            start_us = requested.elapsed().as_micros() as u64,
+            "started: Start request to guest entry"
+        );
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn do_kill(&self, req: api::KillRequest) -> Result<api::Empty> {
+        no_exec(&req.exec_id)?;
+        let task = self.get(&req.id)?;
+        match task.kill(req.signal)? {
+            Some(KillOutcome::StoppedBeforeStart(status)) => self.events.send(TaskExit {
+                container_id: task.id.clone(),
+                id: task.id.clone(),
+                pid: task.pid,
+                exit_status: status.code,
+                exited_at: MessageField::some(timestamp(status.at)),
+                ..Default::default()
+            }),
+            Some(KillOutcome::Signalled) | None => {}
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        let task = self.get(&req.id)?;
+        let status = task.prepare_delete()?;
+        if let Some(rootfs) = &task.mounted_rootfs {
+            rootfs::unmount(rootfs).await;
+        }
+        self.tasks().remove(&req.id);
+        self.events.send(TaskDelete {
+            container_id: task.id.clone(),
+            id: task.id.clone(),
+            pid: task.pid,
+            exit_status: status.code,
+            exited_at: MessageField::some(timestamp(status.at)),
+            ..Default::default()
+        });
+        Ok(api::DeleteResponse {
+            pid: task.pid,
+            exit_status: status.code,
+            exited_at: MessageField::some(timestamp(status.at)),
+            ..Default::default()
+        })
+    }
+
+    fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
+        no_exec(&req.exec_id)?;
+        let task = self.get(&req.id)?;
+        let status = match task.status() {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Stopped => api::Status::STOPPED,
+        };
+        let exit = task.exit_status();
+        Ok(api::StateResponse {
+            id: task.id.clone(),
+            bundle: task.bundle.to_string_lossy().into_owned(),
+            pid: task.pid,
+            status: status.into(),
+            stdin: task.stdio.stdin.clone(),
+            stdout: task.stdio.stdout.clone(),
+            stderr: task.stdio.stderr.clone(),
+            terminal: false,
+            exit_status: exit.map(|e| e.code).unwrap_or_default(),
+            exited_at: exit.map(|e| timestamp(e.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse> {
+        let task = self.get(&req.id)?;
+        let usage = &task.usage;
+        let metrics = Metrics {
+            memory: MessageField::some(MemoryStat {
+                rss: usage.memory(),
+                total_rss: usage.memory(),
+                usage: MessageField::some(MemoryEntry {
+                    usage: usage.memory(),
+                    max: usage.memory_peak(),
+                    limit: usage.memory_limit(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage: MessageField::some(CPUUsage {
+                    total: usage.cpu_nanos(),
+                    user: usage.cpu_nanos(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = metrics
+            .write_to_bytes()
+            .kind(Kind::Internal, "encode task metrics")?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(Any {
+                type_url: "io.containerd.cgroups.v1.Metrics".to_string(),
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+async fn load_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let bytes = tokio::fs::read(&path)
+        .await
+        .kind(Kind::InvalidArgument, format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).kind(Kind::InvalidArgument, format!("parse {}", path.display()))
+}
+
+/// Logs a failed request and turns it into a ttrpc error.
+fn reply<T>(call: &str, id: &str, res: Result<T>) -> TtrpcResult<T> {
+    res.map_err(|err| {
+        match err.kind() {
+            Kind::NotFound | Kind::Unimplemented => tracing::debug!(call, id, "{err}"),
+            _ => tracing::warn!(call, id, "{err}"),
+        }
+        err.into()
+    })
+}
+
+#[async_trait]
+impl TaskApi for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        tracing::info!(id, bundle = req.bundle, "create");
+        let res = self
+            .do_create(req)
+            .await
+            .map_err(|e| e.context(format!("create container {id}")));
+        reply("create", &id, res)
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let id = req.id.clone();
+        reply("start", &id, self.do_start(req).await)
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let id = req.id.clone();
+        reply("state", &id, self.do_state(req))
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let res = async {
+            no_exec(&req.exec_id)?;
+            let status = self.get(&req.id)?.wait().await;
+            Ok(api::WaitResponse {
+                exit_status: status.code,
+                exited_at: MessageField::some(timestamp(status.at)),
+                ..Default::default()
+            })
+        }
+        .await;
+        reply("wait", &req.id, res)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        tracing::info!(id, signal = req.signal, "kill");
+        reply("kill", &id, self.do_kill(req).await)
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let id = req.id.clone();
+        tracing::info!(id, "delete");
+        reply("delete", &id, self.do_delete(req).await)
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let res = self.get(&req.id).map(|task| api::PidsResponse {
+            processes: vec![ProcessInfo {
+                pid: task.pid,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        reply("pids", &req.id, res)
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let id = req.id.clone();
+        reply("stats", &id, self.do_stats(req))
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let res = no_exec(&req.exec_id)
+            .and_then(|_| self.get(&req.id))
+            .map(|task| {
+                if req.stdin {
+                    task.close_stdin();
+                }
+                api::Empty::new()
+            });
+        reply("close_io", &req.id, res)
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.get(&req.id).map(|t| t.pid).unwrap_or_default();
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        // containerd asks after each delete; the shim goes once its last task has.
+        if self.tasks().is_empty() {
+            tracing::info!("last task deleted, shutting down");
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        reply("pause", &req.id, Err(Error::unimplemented("Pause")))
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        reply("resume", &req.id, Err(Error::unimplemented("Resume")))
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        reply(
+            "checkpoint",
+            &req.id,
+            Err(Error::unimplemented("Checkpoint")),
+        )
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        reply("update", &req.id, Err(Error::unimplemented("Update")))
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        reply("exec", &req.id, Err(Error::unimplemented("Exec")))
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        reply(
+            "resize_pty",
+            &req.id,
+            Err(Error::unimplemented("ResizePty")),
+        )
+    }
+}

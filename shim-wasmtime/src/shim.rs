@@ -1,0 +1,114 @@
+//! The shim process: what containerd runs as `containerd-shim-wasmtime-v1`.
+//!
+//! - `start` finds or spawns the long-lived server for this container's group
+//!   and prints its socket address. Containers of one Kubernetes pod share a
+//!   group (`io.kubernetes.cri.sandbox-id`), so one shim serves a whole pod;
+//!   under `ctr` each container gets its own.
+//! - `delete` cleans a bundle up after a shim died without doing so.
+//! - With no action, the process is the server: it serves the Task API until
+//!   its last task is deleted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{api, Config, Error, Flags, StartOpts};
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageField;
+
+use crate::lifecycle::events::Events;
+use crate::lifecycle::rootfs;
+use crate::service::TaskService;
+use crate::wasm::WasmtimeRuntime;
+
+/// Annotations that put containers into one shim, in order of precedence.
+const GROUP_LABELS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+pub struct WasmtimeShim {
+    namespace: String,
+    bundle: String,
+    exit: Arc<ExitSignal>,
+}
+
+/// The group a container's shim serves: a pod's sandbox id, or the container's own id.
+async fn grouping(id: &str) -> String {
+    let spec = match containerd_shim::asynchronous::util::read_spec("").await {
+        Ok(spec) => spec,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read config.json to group the shim; using the container id");
+            return id.to_string();
+        }
+    };
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| GROUP_LABELS.iter().find_map(|l| a.get(*l)))
+        .cloned()
+        .unwrap_or_else(|| id.to_string())
+}
+
+#[async_trait]
+impl Shim for WasmtimeShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        config.no_setup_logger = true;
+        crate::logging::init(args.action.is_empty(), args.debug);
+        Self {
+            namespace: args.namespace.clone(),
+            bundle: args.bundle.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let group = grouping(&opts.id).await;
+        let address = spawn(opts, &group, Vec::new()).await?;
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
+        let bundle = if self.bundle.is_empty() {
+            std::env::current_dir().map_err(|e| Error::Other(format!("current dir: {e}")))?
+        } else {
+            PathBuf::from(&self.bundle)
+        };
+        rootfs::unmount(&rootfs::path(&bundle)).await;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(api::DeleteResponse {
+            // The shim died, so its task was killed: report SIGKILL.
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let events = Events::spawn(publisher, self.namespace.clone());
+        let runtime = match WasmtimeRuntime::new() {
+            Ok(r) => r,
+            Err(err) => {
+                // Without an engine the shim can do nothing; say why and stop.
+                tracing::error!("{err:#}");
+                std::process::exit(1);
+            }
+        };
+        TaskService::new(Arc::new(runtime), events, self.exit.clone())
+    }
+}

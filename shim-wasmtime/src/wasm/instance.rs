@@ -1,0 +1,200 @@
+//! One guest: its WASI context, its `Store` with memory limits, and the call
+//! to `_start`, turned into an exit code.
+//!
+//! Exit codes follow what the same program would get natively, so operators
+//! read them the usual way:
+//!
+//! | how the guest ended | code |
+//! |---|---|
+//! | `proc_exit(n)` or `return n` from `main` | `n & 0xff` |
+//! | trap: `unreachable` (also C's `abort()`), and any other trap | 134 (SIGABRT) |
+//! | trap: integer division by zero, integer overflow, bad float conversion | 136 (SIGFPE) |
+//! | trap: stack overflow, out-of-bounds memory or table access | 139 (SIGSEGV) |
+//! | killed with signal `s` | `128 + s` |
+//!
+//! A trap's message and wasm backtrace go to the task's stderr.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use super::mounts::Preopen;
+use crate::lifecycle::{Exit, GuestIo, Running, Usage};
+
+/// The exit code of a guest that trapped, unless the trap maps to SIGFPE or SIGSEGV.
+pub const TRAP_EXIT_CODE: u32 = 128 + libc::SIGABRT as u32;
+
+/// How many bytes of output a guest may have in flight to its stdout/stderr.
+const OUTPUT_BUDGET: usize = 64 * 1024;
+
+/// Everything a guest's `Store` holds.
+pub struct GuestState {
+    pub wasi: WasiP1Ctx,
+    limiter: Limiter,
+}
+
+/// Caps the total size of a guest's linear memories, and reports it.
+struct Limiter {
+    /// Bytes; `None` for no limit beyond the wasm spec's own.
+    limit: Option<usize>,
+    total: usize,
+    usage: Arc<Usage>,
+    /// Set when a growth was refused, to explain a later trap.
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if self.limit.is_some_and(|limit| total > limit) {
+            self.refused = Some(total);
+            return Ok(false);
+        }
+        self.total = total;
+        self.usage.set_memory(total as u64);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold references; a generous fixed cap keeps a guest from
+        // growing one without bound.
+        Ok(desired <= 10_000_000)
+    }
+}
+
+/// The linker every guest is linked with: WASI preview 1, with `proc_exit`
+/// replaced so that any status, not only those below 126, becomes the exit code.
+pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
+        .map_err(anyhow::Error::from)
+        .context("add WASI preview 1 to the linker")?;
+    linker.allow_shadowing(true);
+    linker
+        .func_wrap(
+            "wasi_snapshot_preview1",
+            "proc_exit",
+            |code: i32| -> wasmtime::Result<()> { Err(wasmtime::Error::new(I32Exit(code))) },
+        )
+        .map_err(anyhow::Error::from)
+        .context("define proc_exit")?;
+    Ok(linker)
+}
+
+/// A guest ready to start: its linked module and what its WASI context needs.
+pub struct Guest {
+    pub engine: Engine,
+    pub pre: InstancePre<GuestState>,
+    pub module_path: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub memory_limit: Option<usize>,
+    pub usage: Arc<Usage>,
+}
+
+impl Guest {
+    fn wasi(&self, io: GuestIo) -> Result<WasiP1Ctx> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.args)
+            .envs(&self.env)
+            .stdin(AsyncStdinStream::new(io.stdin))
+            .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout))
+            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr));
+        for p in &self.preopens {
+            let perms = if p.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&p.host, &p.guest, perms)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("open {} for {}", p.host.display(), p.guest))?;
+        }
+        Ok(b.build_p1())
+    }
+
+    /// Instantiates the guest and returns the future that runs `_start`.
+    pub async fn start(self, io: GuestIo) -> Result<Running> {
+        let wasi = self.wasi(io)?;
+        if let Some(limit) = self.memory_limit {
+            self.usage.set_memory_limit(limit as u64);
+        }
+        let limiter = Limiter {
+            limit: self.memory_limit,
+            total: 0,
+            usage: self.usage.clone(),
+            refused: None,
+        };
+        let mut store = Store::new(&self.engine, GuestState { wasi, limiter });
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the runtime at every epoch tick, forever.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let path = self.module_path;
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("instantiate {path}"))?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{path} exports no `_start` function: it is not a WASI command")
+            })?;
+        Ok(Box::pin(async move {
+            let result = start.call_async(&mut store, ()).await;
+            let refused = store.data().limiter.refused;
+            exit_of(result, &path, refused)
+        }))
+    }
+}
+
+fn exit_of(result: wasmtime::Result<()>, path: &str, refused: Option<usize>) -> Exit {
+    let err = match result {
+        Ok(()) => return Exit::code(0),
+        Err(err) => err,
+    };
+    if let Some(I32Exit(code)) = err.downcast_ref::<I32Exit>() {
+        return Exit::code((*code as u32) & 0xff);
+    }
+    let code = match err.downcast_ref::<Trap>() {
+        Some(
+            Trap::IntegerDivisionByZero | Trap::IntegerOverflow | Trap::BadConversionToInteger,
+        ) => 128 + libc::SIGFPE as u32,
+        Some(
+            Trap::StackOverflow
+            | Trap::MemoryOutOfBounds
+            | Trap::TableOutOfBounds
+            | Trap::HeapMisaligned,
+        ) => 128 + libc::SIGSEGV as u32,
+        _ => TRAP_EXIT_CODE,
+    };
+    let mut reason = format!("wasmtime: {path} failed: {err:?}");
+    if let Some(total) = refused {
+        reason.push_str(&format!(
+            "\nnote: a memory growth to {total} bytes was refused by the container's memory limit"
+        ));
+    }
+    Exit {
+        code,
+        reason: Some(reason),
+    }
+}

@@ -1,0 +1,116 @@
+//! The Wasmtime engine behind the lifecycle's [`Runtime`] trait.
+//!
+//! Create finds the module in the rootfs, checks what it is, compiles it (or
+//! takes it from the cache) and links it; Start instantiates it in a `Store`
+//! of its own and calls `_start`.
+
+pub mod engine;
+pub mod instance;
+pub mod module;
+pub mod mounts;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+
+use self::engine::WasmEngine;
+use self::instance::Guest;
+use self::module::Format;
+use crate::lifecycle::{GuestIo, Prepared, Running, Runtime, TaskSpec, Usage};
+
+pub struct WasmtimeRuntime {
+    engine: Arc<WasmEngine>,
+}
+
+impl WasmtimeRuntime {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            engine: Arc::new(WasmEngine::new()?),
+        })
+    }
+}
+
+/// Splits the spec's `KEY=VALUE` strings. An entry without `=` is a name with
+/// an empty value, as `execve` would pass it.
+fn env_pairs(env: &[String]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Runtime for WasmtimeRuntime {
+    async fn prepare(&self, task: &TaskSpec, usage: Arc<Usage>) -> Result<Box<dyn Prepared>> {
+        let process = task
+            .spec
+            .process()
+            .as_ref()
+            .context("the spec has no process section")?;
+        let args = process.args().clone().unwrap_or_default();
+        let Some(arg0) = args.first().cloned() else {
+            bail!("process.args is empty: the first argument must name the .wasm module");
+        };
+        let env = process.env().clone().unwrap_or_default();
+        let cwd = process.cwd().to_string_lossy().into_owned();
+
+        let (rootfs, lookup_env) = (task.rootfs.clone(), env.clone());
+        let (module_path, bytes, digest) = tokio::task::spawn_blocking(move || {
+            let (path, bytes) = module::read_from_rootfs(&rootfs, &arg0, &cwd, &lookup_env)?;
+            let digest = engine::sha256(&bytes);
+            anyhow::Ok((path, bytes, digest))
+        })
+        .await
+        .context("module loader failed")??;
+
+        match module::classify(&bytes).with_context(|| format!("module {module_path}"))? {
+            Format::CoreModule => {}
+            Format::Component => bail!(
+                "module {module_path} is a WebAssembly component; this shim runs core modules (WASI preview 1) only"
+            ),
+        }
+        let pre = self
+            .engine
+            .instance_pre(digest, Arc::new(bytes))
+            .await
+            .with_context(|| format!("module {module_path}"))?;
+        let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
+        let memory_limit = task
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+            .map(|l| l as usize);
+        tracing::debug!(
+            id = task.id,
+            module = module_path,
+            digest = hex::encode(digest),
+            "prepared"
+        );
+        Ok(Box::new(WasmPrepared(Guest {
+            engine: self.engine.engine.clone(),
+            pre,
+            module_path,
+            args,
+            env: env_pairs(&env),
+            preopens,
+            memory_limit,
+            usage,
+        })))
+    }
+}
+
+struct WasmPrepared(Guest);
+
+#[async_trait]
+impl Prepared for WasmPrepared {
+    async fn start(self: Box<Self>, io: GuestIo) -> Result<Running> {
+        self.0.start(io).await
+    }
+}
