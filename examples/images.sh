@@ -27,4 +27,14 @@ for wasm in "$OUT"/bad/*.wasm; do
     "$CLI" build "$wasm" --force-any --module-name "$(basename "$wasm")" \
         --name "docker.io/wasmtime-examples/$name:latest" -o "$OUT/images/$name.tar" >/dev/null
 done
+# The same hello program as a static Linux binary, for runc comparisons.
+if [[ -x "$OUT/native/hello" ]]; then
+    "$CLI" build "$OUT/native/hello" --native linux/amd64 \
+        --name docker.io/wasmtime-examples/hello-native:latest -o "$OUT/images/hello-native.tar" >/dev/null
+fi
+# busybox, for the runc baseline: `ctr run IMAGE ID /busybox echo hi`.
+if [[ -x /bin/busybox ]]; then
+    "$CLI" build /bin/busybox --native linux/amd64 --module-name busybox \
+        --name docker.io/wasmtime-examples/busybox:latest -o "$OUT/images/busybox.tar" >/dev/null
+fi
 echo "images in $OUT/images"

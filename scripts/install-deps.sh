@@ -18,6 +18,8 @@ PACKAGES=(
   protobuf-compiler
   docker-registry
   skopeo
+  busybox-static
+  util-linux
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }

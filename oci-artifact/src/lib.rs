@@ -103,7 +103,7 @@ fn split_tag(reference: &str) -> (&str, &str) {
 /// architecture `wasm`. `reference` is the full image name, e.g.
 /// `docker.io/library/hello:latest`.
 pub fn tar_layer_image(wasm: &[u8], module_name: &str, reference: &str) -> Result<Layout> {
-    build_tar_layer_image(wasm, module_name, reference, true)
+    single_file_image(wasm, module_name, reference, (wasi_os(wasm)?, "wasm"))
 }
 
 /// As [`tar_layer_image`], but packs any bytes, wasm or not: for building
@@ -113,36 +113,36 @@ pub fn tar_layer_image_unchecked(
     module_name: &str,
     reference: &str,
 ) -> Result<Layout> {
-    build_tar_layer_image(bytes, module_name, reference, false)
+    let os = wasi_os(bytes).unwrap_or("wasip1");
+    single_file_image(bytes, module_name, reference, (os, "wasm"))
 }
 
-fn build_tar_layer_image(
-    wasm: &[u8],
-    module_name: &str,
+/// An image of one executable file at `/<file_name>`, its entrypoint, for any
+/// platform `(os, architecture)`: e.g. a static Linux binary, to compare runc
+/// with the shim on the same program.
+pub fn single_file_image(
+    bytes: &[u8],
+    file_name: &str,
     reference: &str,
-    check: bool,
+    platform: (&str, &str),
 ) -> Result<Layout> {
-    if module_name.is_empty() || module_name.contains('/') || module_name == ".." {
-        bail!("module name {module_name:?} must be a plain file name");
+    if file_name.is_empty() || file_name.contains('/') || file_name == ".." {
+        bail!("file name {file_name:?} must be a plain file name");
     }
-    let os = match wasi_os(wasm) {
-        Ok(os) => os,
-        Err(_) if !check => "wasip1",
-        Err(err) => return Err(err),
-    };
-    let layer = Blob::new(MEDIA_TAR_LAYER, single_file_tar(module_name, wasm)?);
+    let (os, arch) = platform;
+    let layer = Blob::new(MEDIA_TAR_LAYER, single_file_tar(file_name, bytes)?);
     // Uncompressed: the diff id is the layer's own digest.
     let config = json!({
         "created": "1970-01-01T00:00:00Z",
-        "architecture": "wasm",
+        "architecture": arch,
         "os": os,
         "config": {
-            "Entrypoint": [format!("/{module_name}")],
+            "Entrypoint": [format!("/{file_name}")],
             "Env": ["PATH=/"],
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.digest()]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": format!("oci-artifact build {module_name}")}],
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": format!("oci-artifact build {file_name}")}],
     });
     let config = Blob::new(MEDIA_IMAGE_CONFIG, serde_json::to_vec(&config)?);
     let manifest = json!({

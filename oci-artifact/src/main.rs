@@ -44,6 +44,9 @@ enum Command {
         /// Pack the file even if it is not WebAssembly (for testing error paths).
         #[arg(long)]
         force_any: bool,
+        /// Pack a native executable for this platform instead, e.g. linux/amd64.
+        #[arg(long, value_name = "OS/ARCH")]
+        native: Option<String>,
     },
 }
 
@@ -56,6 +59,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
             layout,
             force_any,
+            native,
         } => {
             let bytes = std::fs::read(&wasm).with_context(|| format!("read {}", wasm.display()))?;
             let module_name = match module_name {
@@ -65,13 +69,19 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .context("the input path has no file name")?,
             };
-            let build = if force_any {
-                oci_artifact::tar_layer_image_unchecked
-            } else {
-                oci_artifact::tar_layer_image
-            };
-            let image = build(&bytes, &module_name, &name)
-                .with_context(|| format!("build an image from {}", wasm.display()))?;
+            let image = match (&native, force_any) {
+                (Some(platform), _) => {
+                    let (os, arch) = platform
+                        .split_once('/')
+                        .context("--native takes OS/ARCH, e.g. linux/amd64")?;
+                    oci_artifact::single_file_image(&bytes, &module_name, &name, (os, arch))
+                }
+                (None, true) => {
+                    oci_artifact::tar_layer_image_unchecked(&bytes, &module_name, &name)
+                }
+                (None, false) => oci_artifact::tar_layer_image(&bytes, &module_name, &name),
+            }
+            .with_context(|| format!("build an image from {}", wasm.display()))?;
             if output.is_none() && layout.is_none() {
                 anyhow::bail!("nothing to write: give --output FILE.tar and/or --layout DIR");
             }

@@ -101,7 +101,9 @@ impl Shim for WasmtimeShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = Events::spawn(publisher, self.namespace.clone());
-        let runtime = match WasmtimeRuntime::new() {
+        let settings = crate::wasm::engine::Settings::from_env();
+        tracing::info!(?settings, "engine settings");
+        let runtime = match WasmtimeRuntime::new(&settings) {
             Ok(r) => r,
             Err(err) => {
                 // Without an engine the shim can do nothing; say why and stop.

@@ -1,20 +1,76 @@
 //! The one Wasmtime `Engine` of a shim, its `Linker`, and the modules it has
 //! compiled.
 //!
+//! Instances come from the pooling allocator, with copy-on-write memory
+//! images, and each module is linked once into an `InstancePre`: a start is
+//! then a slot reuse and a few pointer writes, not an mmap and a link.
+//!
 //! Guests run as async calls on the shim's tokio runtime. Epoch interruption
 //! makes every guest yield each [`TICK`], which keeps a spinning guest from
 //! starving its siblings and lets a kill drop the guest's future promptly.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
-use wasmtime::{Config, Engine, InstancePre, Linker, Module};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig,
+};
 
+use super::cache::DiskCache;
 use super::instance::GuestState;
+
+/// How many guests one shim can hold at once (the pool's size).
+/// `WASMTIME_SHIM_MAX_INSTANCES` overrides it.
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+
+/// Settings of the engine, from the environment containerd gives the shim.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_instances: u32,
+    /// Where compiled modules are kept; `None` for no disk cache.
+    pub cache_dir: Option<PathBuf>,
+    pub cache_max_bytes: u64,
+}
+
+impl Settings {
+    /// Reads `WASMTIME_SHIM_MAX_INSTANCES`, `WASMTIME_SHIM_CACHE_DIR` and
+    /// `WASMTIME_SHIM_CACHE_MAX_BYTES`; the cache defaults to
+    /// `<containerd state>/io.containerd.wasmtime.v1/modules`, found from the
+    /// bundle folder the shim runs in.
+    pub fn from_env() -> Self {
+        let num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        let cache_dir = match std::env::var_os("WASMTIME_SHIM_CACHE_DIR") {
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(PathBuf::from(d)),
+            None => std::env::current_dir()
+                .ok()
+                .and_then(|cwd| state_dir_of_bundle(&cwd)),
+        }
+        .map(|state| state.join("io.containerd.wasmtime.v1").join("modules"));
+        Self {
+            max_instances: num("WASMTIME_SHIM_MAX_INSTANCES")
+                .map(|n| n.clamp(1, 100_000) as u32)
+                .unwrap_or(DEFAULT_MAX_INSTANCES),
+            cache_dir,
+            cache_max_bytes: num("WASMTIME_SHIM_CACHE_MAX_BYTES")
+                .unwrap_or(super::cache::DEFAULT_MAX_BYTES),
+        }
+    }
+}
+
+/// containerd's state folder, from a bundle at
+/// `<state>/io.containerd.runtime.v2.task/<namespace>/<id>`.
+fn state_dir_of_bundle(bundle: &std::path::Path) -> Option<PathBuf> {
+    let tasks = bundle.parent()?.parent()?;
+    (tasks.file_name()? == "io.containerd.runtime.v2.task")
+        .then(|| tasks.parent().map(PathBuf::from))?
+}
 
 /// How often the epoch advances: the longest a guest runs without yielding.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -25,28 +81,56 @@ pub type Digest32 = [u8; 32];
 pub struct WasmEngine {
     pub engine: Engine,
     linker: Linker<GuestState>,
+    disk: Option<Arc<DiskCache>>,
     /// Compiled and linked modules by sha256. A `OnceCell` per digest makes
     /// concurrent Creates of one module compile it once.
     modules: Mutex<HashMap<Digest32, Arc<OnceCell<InstancePre<GuestState>>>>>,
 }
 
 impl WasmEngine {
-    pub fn new() -> Result<Self> {
+    pub fn new(settings: &Settings) -> Result<Self> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
             // Guests get a 1 MiB wasm stack; the fiber stack must hold it plus
             // the host calls made from it.
             .max_wasm_stack(1 << 20)
-            .async_stack_size(2 << 20);
-        let engine = Engine::new(&config)
-            .map_err(anyhow::Error::from)
-            .context("create the wasmtime engine")?;
+            .async_stack_size(2 << 20)
+            .memory_init_cow(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(settings.max_instances)
+            .total_memories(settings.max_instances)
+            .total_tables(settings.max_instances)
+            .total_stacks(settings.max_instances)
+            // Returns a freed slot's pages to the kernel, so an idle shim
+            // keeps no guest memory resident.
+            .linear_memory_keep_resident(0);
+        let pooled = config
+            .clone()
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .clone();
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(err) => {
+                // e.g. an address-space limit too small for the pool.
+                tracing::warn!(%err, "pooling allocator unavailable; allocating instances on demand");
+                Engine::new(&config)
+                    .map_err(anyhow::Error::from)
+                    .context("create the wasmtime engine")?
+            }
+        };
         let linker = super::instance::linker(&engine)?;
+        let disk = settings.cache_dir.as_ref().and_then(|dir| {
+            DiskCache::open(dir, &engine, settings.cache_max_bytes)
+                .inspect_err(|err| tracing::warn!("module cache disabled: {err:#}"))
+                .ok()
+                .map(Arc::new)
+        });
         spawn_epoch_ticker(engine.clone());
         Ok(Self {
             engine,
             linker,
+            disk,
             modules: Mutex::default(),
         })
     }
@@ -67,13 +151,7 @@ impl WasmEngine {
             .clone();
         let pre = cell
             .get_or_try_init(|| async {
-                let engine = self.engine.clone();
-                let module =
-                    tokio::task::spawn_blocking(move || Module::from_binary(&engine, &bytes))
-                        .await
-                        .context("compile task failed")?
-                        .map_err(anyhow::Error::from)
-                        .context("the module is not valid WebAssembly")?;
+                let module = self.compile(digest, bytes).await?;
                 self.linker
                     .instantiate_pre(&module)
                     .map_err(anyhow::Error::from)
@@ -88,6 +166,36 @@ impl WasmEngine {
                 .remove(&digest);
         }
         pre.cloned()
+    }
+}
+
+impl WasmEngine {
+    /// Takes the module from the disk cache, or compiles it and stores it
+    /// there. Both are CPU-heavy and run on a blocking thread.
+    async fn compile(&self, digest: Digest32, bytes: Arc<Vec<u8>>) -> Result<Module> {
+        let engine = self.engine.clone();
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(module) = disk.as_ref().and_then(|d| d.load(&engine, &digest)) {
+                tracing::debug!(digest = hex::encode(digest), "module cache hit");
+                return Ok(module);
+            }
+            let started = std::time::Instant::now();
+            let module = Module::from_binary(&engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .context("the module is not valid WebAssembly")?;
+            tracing::info!(
+                digest = hex::encode(digest),
+                compile_ms = started.elapsed().as_millis() as u64,
+                "compiled"
+            );
+            if let Some(disk) = &disk {
+                disk.store(&digest, &module);
+            }
+            Ok(module)
+        })
+        .await
+        .context("compile task failed")?
     }
 }
 

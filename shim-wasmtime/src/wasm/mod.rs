@@ -4,6 +4,7 @@
 //! takes it from the cache) and links it; Start instantiates it in a `Store`
 //! of its own and calls `_start`.
 
+pub mod cache;
 pub mod engine;
 pub mod instance;
 pub mod module;
@@ -24,9 +25,9 @@ pub struct WasmtimeRuntime {
 }
 
 impl WasmtimeRuntime {
-    pub fn new() -> Result<Self> {
+    pub fn new(settings: &engine::Settings) -> Result<Self> {
         Ok(Self {
-            engine: Arc::new(WasmEngine::new()?),
+            engine: Arc::new(WasmEngine::new(settings)?),
         })
     }
 }
