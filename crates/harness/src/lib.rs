@@ -345,6 +345,21 @@ fn remove_cgroups(namespace: &str) {
     }
 }
 
+/// Packs any file as a one-layer wasm image tar, checked or not, with the
+/// oci-artifact CLI (`--force-any`): for images of broken or hostile content.
+pub fn build_image(file: &Path, file_name: &str, reference: &str, tar: &Path) -> Result<()> {
+    let cli = workspace().join("target/release/oci-artifact");
+    let mut c = Command::new(&cli);
+    c.arg("build")
+        .arg(file)
+        .args(["--force-any", "--module-name", file_name, "--name", reference, "-o"])
+        .arg(tar);
+    cmd::run(c, Duration::from_secs(60))?
+        .ok()
+        .with_context(|| format!("{} build", cli.display()))?;
+    Ok(())
+}
+
 /// The name `examples/images.sh` gives an example's image.
 pub fn image_name(example: &str) -> String {
     format!("docker.io/wasmtime-examples/{example}:latest")

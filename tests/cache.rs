@@ -1,0 +1,74 @@
+//! The compiled-module cache, end to end: a module is compiled once and later
+//! shims load it from disk; the cache folder is root-only; and compiled code
+//! smuggled in through an image is refused, never loaded.
+
+use anyhow::{Context, Result};
+use harness::Containerd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+fn cache_dir(cd: &Containerd) -> std::path::PathBuf {
+    cd.state_dir().join("io.containerd.wasmtime.v1/modules")
+}
+
+fn log_count(cd: &Containerd, needle: &str) -> usize {
+    cd.log().lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_module_is_compiled_once_and_then_loaded_from_disk() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello")?;
+    for i in 0..3 {
+        // Each `ctr run` has a shim process of its own, so only the disk
+        // cache can carry the compiled code from one to the next.
+        let out = cd.run_rm(&image, &format!("c{i}"), &[])?.ok()?;
+        assert_eq!(out.stdout, "Hello from WebAssembly!\n");
+    }
+    assert_eq!(log_count(&cd, "INFO compiled"), 1, "compiled more than once:\n{}", cd.log());
+
+    let dir = cache_dir(&cd);
+    let meta = std::fs::metadata(&dir)?;
+    assert_eq!(meta.uid(), 0, "the cache belongs to root");
+    assert_eq!(meta.permissions().mode() & 0o077, 0, "the cache is private to root");
+    let entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].file_name().to_string_lossy().ends_with(".cwasm"));
+    cd.assert_clean()
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello")?;
+    cd.run_rm(&image, "k1", &[])?.ok()?;
+    let entry = std::fs::read_dir(cache_dir(&cd))?
+        .flatten()
+        .next()
+        .context("no cache entry")?;
+    std::fs::write(entry.path(), b"\x7fELF this is not what the shim wrote")?;
+    let out = cd.run_rm(&image, "k2", &[])?.ok()?;
+    assert_eq!(out.stdout, "Hello from WebAssembly!\n");
+    assert_eq!(log_count(&cd, "INFO compiled"), 2, "{}", cd.log());
+    cd.assert_clean()
+}
+
+#[test]
+fn precompiled_code_from_an_image_is_refused() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello")?;
+    cd.run_rm(&image, "p1", &[])?.ok()?;
+    // A real Wasmtime artifact, compiled by this very shim, packed as the
+    // image's "module": it must still be refused, never deserialized.
+    let entry = std::fs::read_dir(cache_dir(&cd))?
+        .flatten()
+        .next()
+        .context("no cache entry")?;
+    let tmp = tempfile::tempdir()?;
+    let tar = tmp.path().join("precompiled.tar");
+    harness::build_image(&entry.path(), "app.wasm", "docker.io/test/precompiled:1", &tar)?;
+    cd.import_tar(&tar)?;
+    let out = cd.run_rm("docker.io/test/precompiled:1", "p2", &[])?;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("native"), "{}", out.stderr);
+    cd.assert_clean()
+}
