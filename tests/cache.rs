@@ -24,12 +24,21 @@ fn a_module_is_compiled_once_and_then_loaded_from_disk() -> Result<()> {
         let out = cd.run_rm(&image, &format!("c{i}"), &[])?.ok()?;
         assert_eq!(out.stdout, "Hello from WebAssembly!\n");
     }
-    assert_eq!(log_count(&cd, "INFO compiled"), 1, "compiled more than once:\n{}", cd.log());
+    assert_eq!(
+        log_count(&cd, "INFO compiled"),
+        1,
+        "compiled more than once:\n{}",
+        cd.log()
+    );
 
     let dir = cache_dir(&cd);
     let meta = std::fs::metadata(&dir)?;
     assert_eq!(meta.uid(), 0, "the cache belongs to root");
-    assert_eq!(meta.permissions().mode() & 0o077, 0, "the cache is private to root");
+    assert_eq!(
+        meta.permissions().mode() & 0o077,
+        0,
+        "the cache is private to root"
+    );
     let entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].file_name().to_string_lossy().ends_with(".cwasm"));
@@ -65,7 +74,12 @@ fn precompiled_code_from_an_image_is_refused() -> Result<()> {
         .context("no cache entry")?;
     let tmp = tempfile::tempdir()?;
     let tar = tmp.path().join("precompiled.tar");
-    harness::build_image(&entry.path(), "app.wasm", "docker.io/test/precompiled:1", &tar)?;
+    harness::build_image(
+        &entry.path(),
+        "app.wasm",
+        "docker.io/test/precompiled:1",
+        &tar,
+    )?;
     cd.import_tar(&tar)?;
     let out = cd.run_rm("docker.io/test/precompiled:1", "p2", &[])?;
     assert_ne!(out.code, Some(0));

@@ -111,30 +111,7 @@ impl Containerd {
         };
         std::fs::write(dir.join("config.toml"), config)?;
         let socket = dir.join("c.sock");
-        let path = format!(
-            "{}:{}:{}",
-            dir.join("bin").display(),
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let child = Command::new(&containerd)
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(dir.join("state"))
-            .arg("--address")
-            .arg(&socket)
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .arg("--log-level")
-            .arg("debug")
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {}", containerd.display()))?;
+        let child = spawn_containerd(&containerd, &dir, &socket, &bin_dir)?;
         let cd = Self {
             dir,
             socket,
@@ -145,6 +122,27 @@ impl Containerd {
         };
         cd.wait_ready()?;
         Ok(cd)
+    }
+
+    /// Stops containerd (SIGTERM) and starts it again on the same root,
+    /// state and socket. Shims and their tasks keep running meanwhile.
+    pub fn restart(&mut self) -> Result<()> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        let containerd = self.bin_dir.join("containerd");
+        self.child = spawn_containerd(&containerd, &self.dir, &self.socket, &self.bin_dir)?;
+        self.wait_ready()
+    }
+
+    /// The pid `ctr task ls` shows for a task (for this shim: the shim's own).
+    pub fn task_pid(&self, id: &str) -> Result<u32> {
+        let out = self.ctr(&["tasks", "ls"])?.ok()?;
+        out.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .with_context(|| format!("no task {id} in:\n{}", out.stdout))
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -328,6 +326,36 @@ impl Drop for Containerd {
     }
 }
 
+fn spawn_containerd(containerd: &Path, dir: &Path, socket: &Path, bin_dir: &Path) -> Result<Child> {
+    let path = format!(
+        "{}:{}:{}",
+        dir.join("bin").display(),
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))?;
+    Command::new(containerd)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--address")
+        .arg(socket)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("--log-level")
+        .arg("debug")
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", containerd.display()))
+}
+
 /// runc puts containers in `/<namespace>/<id>` cgroups, shared by every
 /// containerd on the machine; remove this namespace's empty ones.
 fn remove_cgroups(namespace: &str) {
@@ -352,7 +380,14 @@ pub fn build_image(file: &Path, file_name: &str, reference: &str, tar: &Path) ->
     let mut c = Command::new(&cli);
     c.arg("build")
         .arg(file)
-        .args(["--force-any", "--module-name", file_name, "--name", reference, "-o"])
+        .args([
+            "--force-any",
+            "--module-name",
+            file_name,
+            "--name",
+            reference,
+            "-o",
+        ])
         .arg(tar);
     cmd::run(c, Duration::from_secs(60))?
         .ok()

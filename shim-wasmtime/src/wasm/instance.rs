@@ -15,9 +15,10 @@
 //! A trap's message and wasm backtrace go to the task's stderr.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap};
+use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -35,6 +36,53 @@ const OUTPUT_BUDGET: usize = 64 * 1024;
 pub struct GuestState {
     pub wasi: WasiP1Ctx,
     limiter: Limiter,
+    throttle: Option<Throttle>,
+}
+
+/// A CPU quota (`linux.resources.cpu.quota` per `period`), enforced at epoch
+/// ticks: a guest that has used its quota in the current period sleeps until
+/// the period ends, so it cannot starve the shim's other guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota: Duration,
+    pub period: Duration,
+}
+
+struct Throttle {
+    limit: CpuQuota,
+    usage: Arc<Usage>,
+    period_start: Instant,
+    cpu_at_period_start: u64,
+}
+
+impl Throttle {
+    /// Called at every epoch tick: yield, and sleep out the period when the
+    /// quota is spent.
+    fn on_tick(&mut self) -> UpdateDeadline {
+        let now = Instant::now();
+        let used = Duration::from_nanos(
+            self.usage
+                .cpu_nanos()
+                .saturating_sub(self.cpu_at_period_start),
+        );
+        let elapsed = now.saturating_duration_since(self.period_start);
+        if elapsed >= self.limit.period {
+            self.period_start = now;
+            self.cpu_at_period_start = self.usage.cpu_nanos();
+            return UpdateDeadline::Yield(1);
+        }
+        if used < self.limit.quota {
+            return UpdateDeadline::Yield(1);
+        }
+        let wake = self.period_start + self.limit.period;
+        self.period_start = wake;
+        // What was used beyond the quota is charged to the next period.
+        self.cpu_at_period_start = self
+            .usage
+            .cpu_nanos()
+            .saturating_sub((used - self.limit.quota).as_nanos() as u64);
+        UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(wake.into())))
+    }
 }
 
 /// Caps the total size of a guest's linear memories, and reports it.
@@ -104,6 +152,7 @@ pub struct Guest {
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
     pub memory_limit: Option<usize>,
+    pub cpu_quota: Option<CpuQuota>,
     pub usage: Arc<Usage>,
 }
 
@@ -140,11 +189,30 @@ impl Guest {
             usage: self.usage.clone(),
             refused: None,
         };
-        let mut store = Store::new(&self.engine, GuestState { wasi, limiter });
+        let throttle = self.cpu_quota.map(|limit| Throttle {
+            limit,
+            usage: self.usage.clone(),
+            period_start: Instant::now(),
+            cpu_at_period_start: self.usage.cpu_nanos(),
+        });
+        let mut store = Store::new(
+            &self.engine,
+            GuestState {
+                wasi,
+                limiter,
+                throttle,
+            },
+        );
         store.limiter(|s| &mut s.limiter);
-        // Yield to the runtime at every epoch tick, forever.
+        // Yield to the runtime at every epoch tick, forever; throttle if the
+        // spec sets a CPU quota.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            Ok(match ctx.data_mut().throttle.as_mut() {
+                Some(t) => t.on_tick(),
+                None => UpdateDeadline::Yield(1),
+            })
+        });
 
         let path = self.module_path;
         let instance = self

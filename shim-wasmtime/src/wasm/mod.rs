@@ -88,6 +88,20 @@ impl Runtime for WasmtimeRuntime {
             .and_then(|m| m.limit())
             .filter(|l| *l > 0)
             .map(|l| l as usize);
+        let cpu_quota = task
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.cpu().as_ref())
+            .and_then(|c| {
+                let quota = c.quota().filter(|q| *q > 0)?;
+                let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
+                Some(instance::CpuQuota {
+                    quota: std::time::Duration::from_micros(quota as u64),
+                    period: std::time::Duration::from_micros(period),
+                })
+            });
         tracing::debug!(
             id = task.id,
             module = module_path,
@@ -102,6 +116,7 @@ impl Runtime for WasmtimeRuntime {
             env: env_pairs(&env),
             preopens,
             memory_limit,
+            cpu_quota,
             usage,
         })))
     }

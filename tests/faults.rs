@@ -1,0 +1,127 @@
+//! Faults around the shim: it is killed, containerd restarts, it has nothing
+//! left to do. Each must end with nothing left behind.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use harness::{Containerd, RUNTIME};
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("sleep")?;
+    cd.ctr(&["run", "-d", "--runtime", RUNTIME, &image, "k9"])?
+        .ok()?;
+    cd.wait_status("k9", "RUNNING")?;
+    let shim = cd.task_pid("k9")?;
+    assert!(
+        !cd.mounts().is_empty(),
+        "the rootfs should be mounted while the task runs"
+    );
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shim as i32, libc::SIGKILL) };
+
+    // containerd notices, runs `shim delete`, and drops the task.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks = cd.ctr(&["tasks", "ls", "-q"])?.stdout;
+        if !tasks.contains("k9") || cd.ctr(&["tasks", "ls"])?.stdout.contains("STOPPED") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("containerd still lists k9 as running after its shim died:\n{tasks}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = cd.ctr(&["tasks", "delete", "k9"]);
+    cd.ctr(&["containers", "delete", "k9"])?.ok()?;
+    cd.assert_clean()
+}
+
+#[test]
+fn tasks_survive_a_containerd_restart_which_then_sees_them_exit() -> Result<()> {
+    let mut cd = Containerd::start()?;
+    let image = cd.import("sleep")?;
+    // Two guests: one ends while containerd is down, one after it is back.
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "r1",
+        "/sleep.wasm",
+        "1",
+    ])?
+    .ok()?;
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "r2",
+        "/sleep.wasm",
+        "4",
+    ])?
+    .ok()?;
+    cd.wait_status("r1", "RUNNING")?;
+    cd.wait_status("r2", "RUNNING")?;
+    let shims = (cd.task_pid("r1")?, cd.task_pid("r2")?);
+
+    cd.restart()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        pid_alive(shims.1),
+        "the shim of r2 must survive the restart"
+    );
+    cd.wait_status("r2", "RUNNING")?;
+    cd.wait_status("r1", "STOPPED")?;
+    cd.wait_status("r2", "STOPPED")?;
+    for id in ["r1", "r2"] {
+        let del = cd.ctr(&["tasks", "delete", id])?.ok()?;
+        assert!(!del.stdout.contains("exit status"), "{del:?}");
+        cd.ctr(&["containers", "delete", id])?.ok()?;
+    }
+    cd.assert_clean()
+}
+
+#[test]
+fn the_shim_exits_once_its_last_task_is_deleted() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("sleep")?;
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "x1",
+        "/sleep.wasm",
+        "3600",
+    ])?
+    .ok()?;
+    cd.wait_status("x1", "RUNNING")?;
+    let shim = cd.task_pid("x1")?;
+    assert!(pid_alive(shim));
+    cd.ctr(&["tasks", "kill", "x1"])?.ok()?;
+    cd.wait_status("x1", "STOPPED")?;
+    assert!(
+        pid_alive(shim),
+        "a stopped but undeleted task keeps its shim"
+    );
+    cd.ctr(&["tasks", "delete", "x1"])?.ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(shim) {
+        if Instant::now() > deadline {
+            bail!("shim {shim} still running after its last task was deleted");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cd.ctr(&["containers", "delete", "x1"])?.ok()?;
+    cd.assert_clean()
+}
