@@ -169,7 +169,14 @@ mod tests {
     fn ratio_favours_the_subject_when_above_one() {
         let wasm = Series::new("wasm", "w", vec![10.0, 10.0]);
         let runc = Series::new("runc", "r", vec![30.0, 30.0]);
-        let m = Measure::new("t", "t", Unit::Ms, Better::Lower, wasm.clone(), runc.clone());
+        let m = Measure::new(
+            "t",
+            "t",
+            Unit::Ms,
+            Better::Lower,
+            wasm.clone(),
+            runc.clone(),
+        );
         assert_eq!(m.ratio, Some(3.0));
         assert_eq!(m.ratio_label, "runc/wasm");
 
@@ -182,6 +189,9 @@ mod tests {
     fn no_ratio_without_samples() {
         let a = Series::new("wasm", "w", vec![]);
         let b = Series::new("runc", "r", vec![1.0]);
-        assert_eq!(Measure::new("x", "x", Unit::MiB, Better::Lower, a, b).ratio, None);
+        assert_eq!(
+            Measure::new("x", "x", Unit::MiB, Better::Lower, a, b).ratio,
+            None
+        );
     }
 }

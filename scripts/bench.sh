@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# CI benchmark: the wasmtime shim against runc, side by side, on a private
+# containerd that wasm-bench starts itself.
+#   1. builds the shim, the oci-artifact CLI and wasm-bench (release),
+#   2. builds the example guests and their images (hello, hello-native,
+#      sleep, busybox),
+#   3. runs `target/release/wasm-bench --quick --out target/bench`, which
+#      prints the table and writes results.json and results.svg there.
+# Needs root (containers mount their root filesystems) and the packages of
+# scripts/install-deps.sh (busybox-static for the busybox image).
+#
+# Timings never fail this script: the benchmark has no thresholds, only
+# numbers. It exits non-zero on real errors alone:
+#   - a build failing (cargo, examples/build.sh, examples/images.sh);
+#   - wasm-bench exiting 1: a measure could not complete (e.g. a task failed
+#     to start or exited non-zero); the other measures are still reported;
+#   - wasm-bench exiting 2: it could not start (no containerd, images missing);
+#   - wasm-bench crashing (killed by a signal, or a panic).
+#
+# Environment:
+#   CONTAINERD_BIN_DIR  folder with the containerd and ctr to use (default /usr/bin)
+#   BENCH_OUT           where results go (default target/bench)
+#   BENCH_ARGS          more wasm-bench options, e.g. "--iterations 5 --idle 1,5"
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:/root/.cargo/bin:$PATH"
+OUT="${BENCH_OUT:-target/bench}"
+
+step() { echo "==> $*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "bench.sh: the benchmark needs root (it mounts container filesystems)" >&2
+    exit 1
+fi
+
+step "building the shim, the oci-artifact CLI and wasm-bench"
+cargo build --release --locked -p shim-wasmtime -p oci-artifact -p bench
+
+step "building example guests and images"
+bash examples/build.sh >/dev/null
+bash examples/images.sh >/dev/null
+
+step "running wasm-bench --quick (results in $OUT)"
+mkdir -p "$OUT"
+read -r -a extra <<<"${BENCH_ARGS:-}"
+status=0
+# The table goes to the log and to $OUT/table.txt; pipefail keeps
+# wasm-bench's exit status (tee's is 0).
+target/release/wasm-bench --quick --out "$OUT" "${extra[@]}" | tee "$OUT/table.txt" || status=$?
+
+case $status in
+    0)
+        step "benchmark done: $OUT/results.json, $OUT/results.svg"
+        ;;
+    1)
+        echo "bench.sh: error: some measures failed (see 'errors' above and in $OUT/results.json)" >&2
+        ;;
+    2)
+        echo "bench.sh: error: wasm-bench could not start the benchmark (see its message above)" >&2
+        ;;
+    *)
+        if ((status > 128)); then
+            echo "bench.sh: error: wasm-bench was killed by signal $((status - 128))" >&2
+        else
+            echo "bench.sh: error: wasm-bench failed with exit status $status" >&2
+        fi
+        ;;
+esac
+exit "$status"
