@@ -101,6 +101,7 @@ impl Shim for WasmtimeShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = Events::spawn(publisher, self.namespace.clone());
+        let started = std::time::Instant::now();
         let settings = crate::wasm::engine::Settings::from_env();
         tracing::info!(?settings, "engine settings");
         let runtime = match WasmtimeRuntime::new(&settings) {
@@ -111,6 +112,10 @@ impl Shim for WasmtimeShim {
                 std::process::exit(1);
             }
         };
+        tracing::info!(
+            init_us = started.elapsed().as_micros() as u64,
+            "engine ready"
+        );
         TaskService::new(Arc::new(runtime), events, self.exit.clone())
     }
 }

@@ -100,6 +100,9 @@ pub fn read_from_rootfs(
         .with_context(|| format!("open rootfs {}", rootfs.display()))?;
     for rel in candidates(arg0, cwd, env) {
         let guest = format!("/{}", rel.display());
+        if rel.as_os_str().is_empty() {
+            bail!("module {guest} is not a regular file");
+        }
         let meta = match root.metadata(&rel) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
