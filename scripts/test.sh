@@ -35,8 +35,18 @@ step "building example guests and images"
 bash examples/build.sh >/dev/null
 bash examples/images.sh >/dev/null
 
+LOG="$ROOT/target/test-log.txt"
+: >"$LOG"
+failed_runs=0
+# Runs one cargo test invocation, keeping its output for the summary.
+run_tests() {
+    if ! "$@" 2>&1 | tee -a "$LOG"; then
+        failed_runs=$((failed_runs + 1))
+    fi
+}
+
 step "unit tests"
-cargo test --release --locked --workspace --exclude e2e
+run_tests cargo test --release --locked --workspace --exclude e2e
 
 wanted="${CONTAINERD_VERSIONS:-}"
 for line in "${VERSIONS[@]}"; do
@@ -45,5 +55,12 @@ for line in "${VERSIONS[@]}"; do
         continue
     fi
     step "end-to-end tests against containerd $version ($bindir)"
-    CONTAINERD_BIN_DIR="$bindir" cargo test --release --locked -p e2e -- --test-threads=2 ${E2E_FILTER:-}
+    export CONTAINERD_BIN_DIR="$bindir"
+    run_tests cargo test --release --locked -p e2e -- --test-threads=2 ${E2E_FILTER:-}
 done
+
+# One closing line over every run above, also kept for .ci/run to repeat.
+passed=$(grep -o '[0-9]* passed' "$LOG" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -o '[0-9]* failed' "$LOG" | awk '{s+=$1} END {print s+0}')
+echo "summary: $passed passed, $failed failed" | tee "$ROOT/target/test-summary.txt"
+[[ $failed_runs -eq 0 && $failed -eq 0 ]]

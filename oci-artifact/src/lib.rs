@@ -216,3 +216,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any bytes either build a reproducible image or get an error; never a panic.
+        #[test]
+        fn building_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256), name in "[a-z]{1,8}\\.wasm") {
+            if let Ok(a) = tar_layer_image(&bytes, &name, "example.com/x:1") {
+                let b = tar_layer_image(&bytes, &name, "example.com/x:1").unwrap();
+                prop_assert_eq!(a.to_tar().unwrap(), b.to_tar().unwrap());
+            }
+        }
+    }
+}

@@ -52,7 +52,7 @@ impl Counter {
         } else {
             // Print at 0, at each tenth, and at the end.
             let step = (self.total / 10).max(1);
-            if done == self.total || (done < self.total && done % step == 0) {
+            if done == self.total || (done < self.total && done.is_multiple_of(step)) {
                 let _ = writeln!(err, "    {} {done}/{}", self.label, self.total);
             }
         }

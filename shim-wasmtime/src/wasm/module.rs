@@ -196,3 +196,27 @@ mod tests {
         assert!(read_from_rootfs(rootfs.path(), &through_rel, "/", &[]).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes get an answer, never a panic.
+        #[test]
+        fn classify_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = classify(&bytes);
+        }
+
+        /// Whatever the guest-supplied path, the result stays inside the rootfs.
+        #[test]
+        fn resolved_paths_stay_inside_the_rootfs(cwd in "(/|[a-z./]{0,12})", path in "[a-z./]{0,24}") {
+            let rel = rootfs_relative(&cwd, &path);
+            prop_assert!(rel.is_relative());
+            prop_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
+        }
+    }
+}

@@ -112,3 +112,43 @@ mod tests {
         assert!(preopens(&s, PathBuf::from("/r")).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mount() -> impl Strategy<Value = serde_json::Value> {
+        (
+            "(/[a-z.]{0,6}){1,3}",
+            prop_oneof![Just("bind"), Just("proc"), Just("tmpfs"), Just("sysfs"), Just("")],
+            proptest::collection::vec(prop_oneof![Just("ro"), Just("rw"), Just("rbind"), Just("bind"), Just("nosuid")], 0..4),
+        )
+            .prop_map(|(dest, typ, options)| {
+                serde_json::json!({"destination": dest, "type": typ, "source": "/tmp", "options": options})
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any list of mounts maps to preopens without a panic; a mount asked
+        /// to be read-only is never writable, and no destination climbs with `..`.
+        #[test]
+        fn spec_mounts_map_safely(mounts in proptest::collection::vec(mount(), 0..6), ro_root in any::<bool>()) {
+            let spec: Spec = serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs", "readonly": ro_root},
+                "mounts": mounts.clone(),
+            })).unwrap();
+            let Ok(preopens) = preopens(&spec, PathBuf::from("/r")) else { return Ok(()) };
+            prop_assert_eq!(preopens[0].read_only, ro_root);
+            for p in &preopens[1..] {
+                prop_assert!(!p.guest.split('/').any(|c| c == ".."));
+                let m = mounts.iter().find(|m| m["destination"].as_str().map(|d| d.trim_end_matches('/')) == Some(p.guest.as_str())).unwrap();
+                let ro = m["options"].as_array().unwrap().iter().any(|o| o == "ro");
+                if ro { prop_assert!(p.read_only); }
+            }
+        }
+    }
+}
