@@ -5,9 +5,12 @@
  *   files write PATH TEXT   create or truncate PATH and write TEXT (no newline added)
  *   files ls DIR            list DIR's entries one per line, sorted, without . and ..
  *   files stat PATH         print "exists" if PATH can be stat'ed
+ *   files link FROM TO      hard-link FROM to TO
+ *   files hog PATH          open PATH over and over, never closing, until an
+ *                           open fails; print "opened N" and the error
  *
  * Success exits 0. A failed operation prints "error: OP PATH: <strerror>" to
- * stderr (OP is open, read, write, close or stat) and exits 1; bad usage
+ * stderr (OP is open, read, write, close, stat or link) and exits 1; bad usage
  * exits 2.
  */
 #include <dirent.h>
@@ -16,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 static int fail(const char *op, const char *path) {
     fprintf(stderr, "error: %s %s: %s\n", op, path, strerror(errno));
@@ -104,6 +109,20 @@ static int do_stat(const char *path) {
     return 0;
 }
 
+static int do_link(const char *from, const char *to) {
+    if (link(from, to) != 0)
+        return fail("link", to);
+    return 0;
+}
+
+static int do_hog(const char *path) {
+    long n = 0;
+    while (open(path, O_RDONLY) >= 0)
+        n++;
+    printf("opened %ld\n", n);
+    return fail("open", path);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "read") == 0)
         return do_read(argv[2]);
@@ -113,6 +132,10 @@ int main(int argc, char **argv) {
         return do_ls(argv[2]);
     if (argc == 3 && strcmp(argv[1], "stat") == 0)
         return do_stat(argv[2]);
-    fprintf(stderr, "usage: files read PATH | write PATH TEXT | ls DIR | stat PATH\n");
+    if (argc == 4 && strcmp(argv[1], "link") == 0)
+        return do_link(argv[2], argv[3]);
+    if (argc == 3 && strcmp(argv[1], "hog") == 0)
+        return do_hog(argv[2]);
+    fprintf(stderr, "usage: files read PATH | write PATH TEXT | ls DIR | stat PATH | link FROM TO | hog PATH\n");
     return 2;
 }

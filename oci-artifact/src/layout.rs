@@ -102,6 +102,105 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Reads an OCI image layout, a folder or a tar of one, taking its first
+    /// manifest. Blobs are checked against their descriptors.
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut files: std::collections::HashMap<String, Vec<u8>> =
+            std::collections::HashMap::new();
+        if path.is_dir() {
+            files.insert("index.json".into(), std::fs::read(path.join("index.json"))?);
+        } else {
+            let mut ar = tar::Archive::new(
+                std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+            );
+            for entry in ar.entries()? {
+                let mut entry = entry?;
+                let name = entry
+                    .path()?
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .to_string();
+                if entry.header().entry_type() == tar::EntryType::Regular {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut entry, &mut buf)?;
+                    files.insert(name, buf);
+                }
+            }
+        }
+        let read_blob = |digest: &str| -> Result<Vec<u8>> {
+            let hex = digest
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .with_context(|| format!("unsupported digest {digest:?}"))?;
+            let rel = format!("blobs/sha256/{hex}");
+            match files.get(&rel) {
+                Some(b) => Ok(b.clone()),
+                None if path.is_dir() => {
+                    std::fs::read(path.join(&rel)).with_context(|| format!("read {rel}"))
+                }
+                None => anyhow::bail!("the layout has no {rel}"),
+            }
+        };
+        let index: serde_json::Value = serde_json::from_slice(
+            files
+                .get("index.json")
+                .context("the layout has no index.json")?,
+        )
+        .context("index.json is not valid JSON")?;
+        let first = index
+            .pointer("/manifests/0")
+            .context("index.json lists no manifest")?;
+        let desc: crate::parse::Descriptor =
+            serde_json::from_value(first.clone()).context("the index's first descriptor")?;
+        let reference = first
+            .pointer("/annotations/io.containerd.image.name")
+            .or_else(|| first.pointer("/annotations/org.opencontainers.image.ref.name"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let manifest_bytes = read_blob(&desc.digest)?;
+        crate::parse::verify(&desc, &manifest_bytes)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes)?;
+        let mut blobs = Vec::new();
+        let descs = std::iter::once(
+            manifest
+                .get("config")
+                .cloned()
+                .context("the manifest has no config")?,
+        )
+        .chain(
+            manifest
+                .get("layers")
+                .and_then(|l| l.as_array())
+                .cloned()
+                .unwrap_or_default(),
+        );
+        for d in descs {
+            let d: crate::parse::Descriptor = serde_json::from_value(d).context("a descriptor")?;
+            let bytes = read_blob(&d.digest)?;
+            crate::parse::verify(&d, &bytes)?;
+            blobs.push(Blob::new(&d.media_type, bytes));
+        }
+        Ok(Self::single(
+            Blob::new(&desc.media_type, manifest_bytes),
+            blobs,
+            &reference,
+        ))
+    }
+
+    /// Checks the image and returns its module, as the shim would see it.
+    pub fn check(&self) -> Result<crate::parse::WasmImage> {
+        crate::parse::parse(&self.manifest.bytes, |d| {
+            self.blobs
+                .iter()
+                .find(|b| b.digest() == d.digest)
+                .map(|b| b.bytes.clone())
+                .with_context(|| format!("the layout has no blob {}", d.digest))
+        })
+    }
+}
+
 fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);

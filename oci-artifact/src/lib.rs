@@ -8,7 +8,10 @@
 //! [`Layout`] writes the result as an OCI image layout, as a folder or as the
 //! tar that `ctr images import` takes.
 
+pub mod inspect;
 pub mod layout;
+pub mod parse;
+pub mod registry;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +25,9 @@ pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TAR_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The CNCF wasm artifact's config and layer.
+pub const MEDIA_WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+pub const MEDIA_WASM_LAYER: &str = "application/wasm";
 
 /// The annotation containerd's importer reads the full image name from.
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -148,6 +154,35 @@ pub fn single_file_image(
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [layer.descriptor()],
+    });
+    let manifest = Blob::new(MEDIA_MANIFEST, serde_json::to_vec(&manifest)?);
+    Ok(Layout::single(manifest, vec![config, layer], reference))
+}
+
+/// Builds the CNCF wasm OCI artifact: config `application/vnd.wasm.config.v0+json`
+/// and one `application/wasm` layer holding the module's bytes. For a
+/// component the config also describes its imports and exports.
+pub fn wasm_artifact(wasm: &[u8], reference: &str, author: &str) -> Result<Layout> {
+    let os = wasi_os(wasm)?;
+    let layer = Blob::new(MEDIA_WASM_LAYER, wasm.to_vec());
+    let mut config = json!({
+        "created": "1970-01-01T00:00:00Z",
+        "author": author,
+        "architecture": "wasm",
+        "os": os,
+        "layerDigests": [layer.digest()],
+    });
+    if os == "wasip2" {
+        let info = inspect::inspect(wasm)?;
+        config["component"] = json!({"imports": info.imports, "exports": info.exports});
+    }
+    let config = Blob::new(MEDIA_WASM_CONFIG, serde_json::to_vec(&config)?);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "artifactType": MEDIA_WASM_CONFIG,
         "config": config.descriptor(),
         "layers": [layer.descriptor()],
     });

@@ -52,6 +52,23 @@ async fn grouping(id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// Every task's files are this process's descriptors: take the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, writable struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Shim for WasmtimeShim {
     type T = TaskService;
@@ -102,6 +119,7 @@ impl Shim for WasmtimeShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = Events::spawn(publisher, self.namespace.clone());
         let started = std::time::Instant::now();
+        raise_fd_limit();
         let settings = crate::wasm::engine::Settings::from_env();
         tracing::info!(?settings, "engine settings");
         let runtime = match WasmtimeRuntime::new(&settings) {

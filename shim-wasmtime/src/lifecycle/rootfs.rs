@@ -38,6 +38,15 @@ pub async fn mount(
         .await
         .kind(Kind::Internal, format!("create {}", target.display()))?;
     for m in mounts {
+        // The image may hold device nodes and setuid files: a guest must
+        // never open a device through its rootfs, so mount it `nodev`.
+        let mut m = m.clone();
+        for opt in ["nodev", "nosuid"] {
+            if !m.options.iter().any(|o| o == opt) {
+                m.options.push(opt.to_string());
+            }
+        }
+        let m = &m;
         if let Err(err) = containerd_shim::asynchronous::util::mount_rootfs(m, &target).await {
             unmount(&target).await;
             return Err(Error::wrap(Kind::Internal, err).context(format!(

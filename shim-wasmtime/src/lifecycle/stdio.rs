@@ -1,20 +1,27 @@
 //! The task's standard streams: containerd's FIFOs (or a `file://` log URI),
 //! turned into async readers and writers that an engine hands to its guest.
 //!
-//! Two details matter for `ctr` to behave as it does with runc:
-//! - stdout and stderr FIFOs are opened read-write. Opening never blocks, and a
-//!   client that goes away (`ctr run -d`) does not turn the guest's writes into
-//!   `EPIPE`. The shim must then close its ends when the task exits, or a
-//!   client waiting for EOF would wait forever: [`Writer::close`] does that.
-//! - stdin is opened read-only, which blocks until the client opens its end;
-//!   that happens on a blocking thread so it never holds up a request.
+//! As runc's shim does, output does not go straight into the FIFO:
+//! - The guest writes into an in-memory pipe. A pump copies it into the FIFO
+//!   once the client (ctr, CRI) has opened the FIFO's read end, so nothing
+//!   written before the client is there is lost, and closing our end never
+//!   throws away data the client has yet to read.
+//! - The pump also holds a read end of its own, so a client that goes away
+//!   (`ctr run -d`) does not turn the guest's writes into `EPIPE`.
+//! - When the guest ends, its end is closed; the pump drains what is left
+//!   and closes the FIFO, and the client sees EOF.
+//!
+//! stdin is opened read-only, which blocks until the client opens its end;
+//! that happens on a blocking thread so it never holds up a request.
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
@@ -85,6 +92,9 @@ pub struct TaskIo {
     pub stderr: Writer,
     stdin_path: String,
     stdin_pump: Option<JoinHandle<()>>,
+    /// Set when the task is deleted: output pumps still waiting for a
+    /// client give up.
+    released: Arc<AtomicBool>,
 }
 
 impl TaskIo {
@@ -96,10 +106,11 @@ impl TaskIo {
                 "a terminal was requested (-t), but wasm guests have no terminal: run without -t",
             ));
         }
-        let stdout = open_output(&paths.stdout)
+        let released = Arc::new(AtomicBool::new(false));
+        let stdout = open_output(&paths.stdout, &released)
             .await
             .kind(Kind::Internal, "open stdout")?;
-        let stderr = open_output(&paths.stderr)
+        let stderr = open_output(&paths.stderr, &released)
             .await
             .kind(Kind::Internal, "open stderr")?;
         let (stdin, stdin_pump) = open_input(&paths.stdin);
@@ -109,6 +120,7 @@ impl TaskIo {
             stderr,
             stdin_path: paths.stdin.clone(),
             stdin_pump,
+            released,
         })
     }
 
@@ -131,10 +143,11 @@ impl TaskIo {
 impl Drop for TaskIo {
     fn drop(&mut self) {
         self.close();
+        self.released.store(true, Ordering::Relaxed);
     }
 }
 
-async fn open_output(path: &str) -> io::Result<Writer> {
+async fn open_output(path: &str, released: &Arc<AtomicBool>) -> io::Result<Writer> {
     if path.is_empty() {
         return Ok(Writer::new(tokio::io::sink()));
     }
@@ -152,10 +165,59 @@ async fn open_output(path: &str) -> io::Result<Writer> {
             format!("log URI {path:?} is not supported; use a FIFO or file://"),
         ));
     }
-    let sender = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(path)?;
-    Ok(Writer::new(sender))
+    let meta = tokio::fs::metadata(path).await?;
+    if !std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{path} is not a FIFO"),
+        ));
+    }
+    let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(pump_output(path.to_owned(), shim_end, released.clone()));
+    Ok(Writer::new(guest_end))
+}
+
+/// Copies the guest's output into the FIFO at `path`, once a client has
+/// opened it for reading. Ends when the guest's end is closed and all is
+/// copied, or when the task is deleted with no client ever there.
+async fn pump_output(path: String, mut from: tokio::io::DuplexStream, released: Arc<AtomicBool>) {
+    // A non-blocking write-open succeeds only once a reader exists.
+    let mut backoff = Duration::from_millis(5);
+    let fifo = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => break f,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO) && !released.load(Ordering::Relaxed) =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::debug!(%path, err = %e, "output FIFO never opened by a client");
+                return;
+            }
+        }
+    };
+    // Our own read end keeps writes from failing if the client goes away.
+    let keep_open = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path);
+    let mut sender = match pipe::Sender::from_file(fifo) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%path, err = %e, "cannot use the output FIFO");
+            return;
+        }
+    };
+    if let Err(e) = tokio::io::copy(&mut from, &mut sender).await {
+        tracing::debug!(%path, err = %e, "output copy ended");
+    }
+    drop(keep_open);
 }
 
 /// Returns the guest's stdin, and the task that copies the FIFO into it.

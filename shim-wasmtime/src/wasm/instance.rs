@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use super::mounts::Preopen;
 use crate::lifecycle::{Exit, GuestIo, Running, Usage};
@@ -31,6 +31,12 @@ pub const TRAP_EXIT_CODE: u32 = 128 + libc::SIGABRT as u32;
 
 /// How many bytes of output a guest may have in flight to its stdout/stderr.
 const OUTPUT_BUDGET: usize = 64 * 1024;
+
+/// How many WASI handles (open files, directories, streams) one guest may
+/// hold. Each is a host file descriptor or more, and the shim's descriptors
+/// are shared by all its tasks: past this, the guest's opens fail (`EMFILE`
+/// style) and its siblings are unaffected.
+pub const MAX_HANDLES_PER_TASK: usize = 1024;
 
 /// Everything a guest's `Store` holds.
 pub struct GuestState {
@@ -174,7 +180,9 @@ impl Guest {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("open {} for {}", p.host.display(), p.guest))?;
         }
-        Ok(b.build_p1())
+        let mut wasi = b.build_p1();
+        wasi.ctx().table.set_max_capacity(MAX_HANDLES_PER_TASK);
+        Ok(wasi)
     }
 
     /// Instantiates the guest and returns the future that runs `_start`.
@@ -256,6 +264,11 @@ fn exit_of(result: wasmtime::Result<()>, path: &str, refused: Option<usize>) -> 
         _ => TRAP_EXIT_CODE,
     };
     let mut reason = format!("wasmtime: {path} failed: {err:?}");
+    if format!("{err:#}").contains("resource table has no free keys") {
+        reason.push_str(&format!(
+            "\nnote: the guest holds more than {MAX_HANDLES_PER_TASK} open files and other handles, the limit per task"
+        ));
+    }
     if let Some(total) = refused {
         reason.push_str(&format!(
             "\nnote: a memory growth to {total} bytes was refused by the container's memory limit"

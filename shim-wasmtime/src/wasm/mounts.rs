@@ -26,7 +26,9 @@ fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
     typ == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
 }
 
-/// The preopens for a task, most general first.
+/// The preopens for a task: the rootfs first, then the bind mounts in
+/// order. A mount at the same destination as an earlier one (or at `/`)
+/// replaces it, as it would hide it in a mount namespace.
 pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
     let root_ro = spec
         .root()
@@ -47,6 +49,14 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
         if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
             bail!("mount destination {dest:?} must be an absolute path without '..'");
         }
+        // `/a//b/./` is `/a/b`, and `/` stays `/`.
+        let guest = format!(
+            "/{}",
+            dest.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect::<Vec<_>>()
+                .join("/")
+        );
         let Some(source) = m.source().clone() else {
             bail!("bind mount at {dest} has no source");
         };
@@ -63,9 +73,11 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
         }
         // `ro` anywhere makes the mount read-only: a later `rw` never weakens it.
         let read_only = options.iter().any(|o| o == "ro");
+        // As with mounts, a later one at the same place hides the earlier.
+        out.retain(|p| p.guest != guest);
         out.push(Preopen {
             host: source,
-            guest: dest.trim_end_matches('/').to_string(),
+            guest,
             read_only,
         });
     }
@@ -142,12 +154,26 @@ mod proptests {
                 "mounts": mounts.clone(),
             })).unwrap();
             let Ok(preopens) = preopens(&spec, PathBuf::from("/r")) else { return Ok(()) };
-            prop_assert_eq!(preopens[0].read_only, ro_root);
-            for p in &preopens[1..] {
-                prop_assert!(!p.guest.split('/').any(|c| c == ".."));
-                let m = mounts.iter().find(|m| m["destination"].as_str().map(|d| d.trim_end_matches('/')) == Some(p.guest.as_str())).unwrap();
-                let ro = m["options"].as_array().unwrap().iter().any(|o| o == "ro");
-                if ro { prop_assert!(p.read_only); }
+            let mut guests: Vec<&str> = preopens.iter().map(|p| p.guest.as_str()).collect();
+            guests.sort();
+            guests.dedup();
+            prop_assert_eq!(guests.len(), preopens.len(), "one preopen per guest path");
+            for p in &preopens {
+                prop_assert!(p.guest.starts_with('/'));
+                prop_assert!(!p.guest.split('/').any(|c| c == ".." || c == "."));
+                // The mount that decides is the last one at that place, if any.
+                let normal = |d: &str| format!("/{}", d.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/"));
+                let last = mounts.iter().rev().find(|m| {
+                    let binds = m["type"] == "bind" || m["options"].as_array().unwrap().iter().any(|o| o == "bind" || o == "rbind");
+                    binds && m["destination"].as_str().map(normal).as_deref() == Some(p.guest.as_str())
+                });
+                match last {
+                    Some(m) => {
+                        let ro = m["options"].as_array().unwrap().iter().any(|o| o == "ro");
+                        prop_assert_eq!(p.read_only, ro);
+                    }
+                    None => prop_assert_eq!(p.read_only, ro_root),
+                }
             }
         }
     }
