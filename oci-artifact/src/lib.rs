@@ -165,6 +165,30 @@ pub fn single_file_image(
 /// and one `application/wasm` layer holding the module's bytes. For a
 /// component the config also describes its imports and exports.
 pub fn wasm_artifact(wasm: &[u8], reference: &str, author: &str) -> Result<Layout> {
+    build_wasm_artifact(wasm, reference, author, false)
+}
+
+/// The file name `deploy/wasm-stream-processor` gives the module.
+pub const STREAM_PROCESSOR_MODULE: &str = "app.wasm";
+
+/// As [`wasm_artifact`], plus `rootfs.diff_ids`: the digest of the tar that
+/// `deploy/wasm-stream-processor` makes of the layer. containerd 1.6 needs it
+/// to unpack the artifact through that stream processor (for CRI); 1.7 and
+/// 2.x refuse an artifact that carries it.
+pub fn wasm_artifact_for_stream_processor(
+    wasm: &[u8],
+    reference: &str,
+    author: &str,
+) -> Result<Layout> {
+    build_wasm_artifact(wasm, reference, author, true)
+}
+
+fn build_wasm_artifact(
+    wasm: &[u8],
+    reference: &str,
+    author: &str,
+    diff_ids: bool,
+) -> Result<Layout> {
     let os = wasi_os(wasm)?;
     let layer = Blob::new(MEDIA_WASM_LAYER, wasm.to_vec());
     let mut config = json!({
@@ -174,6 +198,10 @@ pub fn wasm_artifact(wasm: &[u8], reference: &str, author: &str) -> Result<Layou
         "os": os,
         "layerDigests": [layer.digest()],
     });
+    if diff_ids {
+        let tar = single_file_tar(STREAM_PROCESSOR_MODULE, wasm)?;
+        config["rootfs"] = json!({"type": "layers", "diff_ids": [digest(&tar)]});
+    }
     if os == "wasip2" {
         let info = inspect::inspect(wasm)?;
         config["component"] = json!({"imports": info.imports, "exports": info.exports});

@@ -22,6 +22,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use crate::lifecycle::events::Events;
 use crate::lifecycle::rootfs;
 use crate::service::TaskService;
+use crate::wasm::content::ContentStore;
 use crate::wasm::WasmtimeRuntime;
 
 /// Annotations that put containers into one shim, in order of precedence.
@@ -32,6 +33,8 @@ const GROUP_LABELS: [&str; 2] = [
 
 pub struct WasmtimeShim {
     namespace: String,
+    /// containerd's gRPC socket, for reading artifacts from its content store.
+    address: String,
     bundle: String,
     exit: Arc<ExitSignal>,
 }
@@ -78,6 +81,7 @@ impl Shim for WasmtimeShim {
         crate::logging::init(args.action.is_empty(), args.debug);
         Self {
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             bundle: args.bundle.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
@@ -122,7 +126,11 @@ impl Shim for WasmtimeShim {
         raise_fd_limit();
         let settings = crate::wasm::engine::Settings::from_env();
         tracing::info!(?settings, "engine settings");
-        let runtime = match WasmtimeRuntime::new(&settings) {
+        let content = (!self.address.is_empty()).then(|| ContentStore {
+            address: PathBuf::from(&self.address),
+            namespace: self.namespace.clone(),
+        });
+        let runtime = match WasmtimeRuntime::new(&settings, content) {
             Ok(r) => r,
             Err(err) => {
                 // Without an engine the shim can do nothing; say why and stop.

@@ -5,6 +5,7 @@
 //! of its own and calls `_start`.
 
 pub mod cache;
+pub mod content;
 pub mod engine;
 pub mod instance;
 pub mod module;
@@ -22,14 +23,30 @@ use crate::lifecycle::{GuestIo, Prepared, Running, Runtime, TaskSpec, Usage};
 
 pub struct WasmtimeRuntime {
     engine: Arc<WasmEngine>,
+    /// Where artifacts' modules are read from, when the rootfs has none.
+    content: Option<content::ContentStore>,
 }
 
 impl WasmtimeRuntime {
-    pub fn new(settings: &engine::Settings) -> Result<Self> {
+    pub fn new(
+        settings: &engine::Settings,
+        content: Option<content::ContentStore>,
+    ) -> Result<Self> {
         Ok(Self {
             engine: Arc::new(WasmEngine::new(settings)?),
+            content,
         })
     }
+}
+
+/// The image a container names in its annotations, if any.
+fn image_of(spec: &oci_spec::runtime::Spec) -> Option<String> {
+    let annotations = spec.annotations().as_ref()?;
+    content::IMAGE_ANNOTATIONS
+        .iter()
+        .find_map(|a| annotations.get(*a))
+        .filter(|v| !v.is_empty())
+        .cloned()
 }
 
 /// Splits the spec's `KEY=VALUE` strings. An entry without `=` is a name with
@@ -59,13 +76,23 @@ impl Runtime for WasmtimeRuntime {
         let cwd = process.cwd().to_string_lossy().into_owned();
 
         let (rootfs, lookup_env) = (task.rootfs.clone(), env.clone());
-        let (module_path, bytes, digest) = tokio::task::spawn_blocking(move || {
-            let (path, bytes) = module::read_from_rootfs(&rootfs, &arg0, &cwd, &lookup_env)?;
-            let digest = engine::sha256(&bytes);
-            anyhow::Ok((path, bytes, digest))
+        let from_rootfs = tokio::task::spawn_blocking(move || {
+            module::read_from_rootfs(&rootfs, &arg0, &cwd, &lookup_env)
         })
         .await
-        .context("module loader failed")??;
+        .context("module loader failed")?;
+        let (module_path, bytes) = match (from_rootfs, image_of(&task.spec), &self.content) {
+            (Ok(found), _, _) => found,
+            // Not in the rootfs, but the container names an image: an
+            // artifact, whose module only the content store has.
+            (Err(err), Some(image), Some(store)) if err.is::<module::NotFound>() => {
+                store.module(&image).await.with_context(|| {
+                    format!("{err}; reading it from image {image} in containerd's content store failed too")
+                })?
+            }
+            (Err(err), _, _) => return Err(err),
+        };
+        let digest = engine::sha256(&bytes);
 
         match module::classify(&bytes).with_context(|| format!("module {module_path}"))? {
             Format::CoreModule => {}

@@ -16,6 +16,19 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Modules larger than this are refused before they are read.
 pub const MAX_MODULE_BYTES: u64 = 512 * 1024 * 1024;
 
+/// `args[0]` names nothing in the rootfs. The module may then come from
+/// the content store instead.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
 /// What a file turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -122,7 +135,9 @@ pub fn read_from_rootfs(
             .with_context(|| format!("read module {guest}"))?;
         return Ok((guest, bytes));
     }
-    bail!("module {arg0} not found in the container's rootfs (process.args[0] must name a .wasm file in the image)")
+    Err(anyhow::Error::new(NotFound(format!(
+        "module {arg0} not found in the container's rootfs (process.args[0] must name a .wasm file in the image)"
+    ))))
 }
 
 #[cfg(test)]
