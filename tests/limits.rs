@@ -146,3 +146,54 @@ fn stats_report_memory_of_a_running_guest() -> Result<()> {
     cd.ctr(&["containers", "delete", "st1"])?.ok()?;
     cd.assert_clean()
 }
+
+#[test]
+fn the_shim_joins_its_container_cgroup_and_leaves_it() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("sleep")?;
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        &image,
+        "cg1",
+    ])?
+    .ok()?;
+    cd.wait_status("cg1", "RUNNING")?;
+    let shim = cd.task_pid("cg1")?;
+    let dir = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(&cd.namespace)
+        .join("cg1");
+    if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+        assert!(
+            procs.lines().any(|p| p == shim.to_string()),
+            "shim {shim} not in {}: {procs}",
+            dir.display()
+        );
+        let limit: u64 = std::fs::read_to_string(dir.join("memory.limit_in_bytes"))?
+            .trim()
+            .parse()?;
+        assert_eq!(
+            limit,
+            33_554_432 + (64 << 20),
+            "the guest's limit plus the shim's allowance"
+        );
+    } else {
+        let procs = std::fs::read_to_string(
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(&cd.namespace)
+                .join("cg1/cgroup.procs"),
+        )?;
+        assert!(procs.lines().any(|p| p == shim.to_string()));
+    }
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "cg1"])?.ok()?;
+    cd.wait_status("cg1", "STOPPED")?;
+    cd.ctr(&["tasks", "delete", "cg1"])?.ok()?;
+    cd.ctr(&["containers", "delete", "cg1"])?.ok()?;
+    // assert_clean also checks that no cgroup of the namespace is left.
+    cd.assert_clean()
+}

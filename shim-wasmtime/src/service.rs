@@ -25,10 +25,13 @@ use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
 use crate::lifecycle::stdio::{StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task};
-use crate::lifecycle::{rootfs, Runtime, TaskSpec, Usage};
+use crate::lifecycle::{cgroup, rootfs, Runtime, TaskSpec, Usage};
 
 pub struct TaskService {
     runtime: Arc<dyn Runtime>,
+    /// The cgroup the shim joined for its first container, if any.
+    cgroup: Mutex<Option<cgroup::Membership>>,
+    cgroup_tried: std::sync::atomic::AtomicBool,
     tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
     events: Events,
     exit: Arc<ExitSignal>,
@@ -58,6 +61,8 @@ impl TaskService {
     pub fn new(runtime: Arc<dyn Runtime>, events: Events, exit: Arc<ExitSignal>) -> Self {
         Self {
             runtime,
+            cgroup: Mutex::default(),
+            cgroup_tried: std::sync::atomic::AtomicBool::new(false),
             tasks: Arc::default(),
             events,
             exit,
@@ -102,6 +107,7 @@ impl TaskService {
         let io = TaskIo::open(&stdio).await?;
         let spec_root = spec.root().as_ref().map(|r| r.path().clone());
         let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
+        self.join_cgroup(&spec);
         let usage = Arc::new(Usage::default());
         let task_spec = TaskSpec {
             id: id.clone(),
@@ -155,6 +161,43 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+
+    /// Joins the first container's cgroup, once per shim. A failure is
+    /// logged: the task still runs, only outside the cgroup.
+    fn join_cgroup(&self, spec: &Spec) {
+        if self
+            .cgroup_tried
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let Some(linux) = spec.linux().as_ref() else {
+            return;
+        };
+        let Some(path) = linux.cgroups_path().as_ref() else {
+            return;
+        };
+        let resources = linux.resources().as_ref();
+        let limits = cgroup::Limits {
+            memory: resources
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .filter(|l| *l > 0)
+                .map(|l| l as u64),
+            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
+                let quota = c.quota().filter(|q| *q > 0)?;
+                Some((quota, c.period().filter(|p| *p > 0).unwrap_or(100_000)))
+            }),
+        };
+        let path = path.to_string_lossy();
+        match cgroup::Membership::join(&path, &limits) {
+            Ok(m) => {
+                tracing::info!(cgroup = %path, "joined the container's cgroup");
+                *self.cgroup.lock().unwrap_or_else(PoisonError::into_inner) = Some(m);
+            }
+            Err(err) => tracing::warn!("not joining a cgroup: {err:#}"),
+        }
     }
 
     async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
@@ -450,6 +493,14 @@ impl TaskApi for TaskService {
         // containerd asks after each delete; the shim goes once its last task has.
         if self.tasks().is_empty() {
             tracing::info!("last task deleted, shutting down");
+            if let Some(m) = self
+                .cgroup
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                m.leave();
+            }
             self.exit.signal();
         }
         Ok(api::Empty::new())

@@ -101,6 +101,15 @@ impl Shim for WasmtimeShim {
             PathBuf::from(&self.bundle)
         };
         rootfs::unmount(&rootfs::path(&bundle)).await;
+        if let Ok(spec) = containerd_shim::asynchronous::util::read_spec(&bundle).await {
+            if let Some(path) = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+            {
+                crate::lifecycle::cgroup::remove_all(&path.to_string_lossy());
+            }
+        }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();

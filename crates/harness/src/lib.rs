@@ -6,8 +6,13 @@
 //! `containerd` and `ctr` (default `/usr/bin`); `scripts/test.sh` runs the
 //! suite once per version. Which shim: `SHIM_BIN_DIR` (default
 //! `<workspace>/target/release`).
+//!
+//! [`Registry`] is a private OCI registry on the loopback interface, for the
+//! tests that push and pull images; [`oci_artifact`] and [`skopeo`] run the
+//! CLIs that talk to it.
 
 pub mod cmd;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub use cmd::Output;
+pub use registry::{oci_artifact, oci_artifact_path, skopeo, Registry};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -248,6 +254,25 @@ impl Containerd {
             .collect()
     }
 
+    /// Container cgroups (`/sys/fs/cgroup/<hierarchy>/<namespace>/<id>`) of
+    /// this namespace that still exist.
+    pub fn cgroups(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter(|h| !h.path().is_symlink())
+            .flat_map(|h| {
+                std::fs::read_dir(h.path().join(&self.namespace))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .filter(|c| c.path().is_dir())
+            .map(|c| c.path().display().to_string())
+            .collect()
+    }
+
     /// Task state folders left in containerd's state for this namespace.
     pub fn task_state_dirs(&self) -> Vec<String> {
         let ns = self
@@ -274,18 +299,20 @@ impl Containerd {
             let mounts = self.mounts();
             let states = self.task_state_dirs();
             let shims = self.shim_pids();
+            let cgroups = self.cgroups();
             if tasks.trim().is_empty()
                 && containers.trim().is_empty()
                 && mounts.is_empty()
                 && states.is_empty()
                 && shims.is_empty()
+                && cgroups.is_empty()
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
                     "left behind: tasks {tasks:?}, containers {containers:?}, mounts {mounts:?}, \
-                     state folders {states:?}, shim pids {shims:?}"
+                     state folders {states:?}, shim pids {shims:?}, cgroups {cgroups:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

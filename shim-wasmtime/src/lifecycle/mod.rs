@@ -6,6 +6,7 @@
 //! returning a future that runs the guest to its exit. Killing a task drops
 //! that future, which is why engines must yield regularly.
 
+pub mod cgroup;
 pub mod error;
 pub mod events;
 pub mod rootfs;
