@@ -592,6 +592,14 @@ fn bad_images_are_refused_with_clear_errors() -> Result<()> {
             layers: vec![(WASM_LAYER, b"hello".to_vec())],
             error: "is not WebAssembly",
         },
+        // Native code posing as a module (a precompiled artifact, or any ELF):
+        // refused before anything could load it.
+        Bad {
+            name: "native-code",
+            config: good_config,
+            layers: vec![(WASM_LAYER, std::fs::read("/bin/busybox").unwrap_or_else(|_| b"\x7fELF\x02\x01\x01".to_vec()))],
+            error: "is not WebAssembly",
+        },
     ];
 
     let mut failures = Vec::new();

@@ -240,6 +240,9 @@ async fn run(cli: Cli) -> Result<bool> {
         unix_time,
     )
     .await;
+    if let Some(cd) = &private {
+        report_start_to_entry(&cd.log(), &cli.out);
+    }
     if let Some(cd) = private {
         if outcome.is_err() {
             let log = cd.log();
@@ -256,6 +259,33 @@ async fn run(cli: Cli) -> Result<bool> {
         remove_empty_cgroups(&namespace);
     }
     outcome
+}
+
+/// The shim logs, for every Start, the time from the request's arrival to the
+/// guest's entry (`start_us=`, from its tracing span). Summarises them from
+/// the private containerd's log, which carries the shim's log lines, and
+/// writes `start-to-entry.json` beside the other results.
+fn report_start_to_entry(log: &str, out: &Path) {
+    let samples: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("start_us=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .collect();
+    let Some(s) = stats::summarize(&samples) else {
+        warn("no start_us lines in containerd's log: the Start to _start time is unknown");
+        return;
+    };
+    println!(
+        "shim: Start request -> guest _start (warm cache), n={}: min {:.0} us, p50 {:.0} us, p95 {:.0} us, max {:.0} us",
+        samples.len(),
+        s.min,
+        s.p50,
+        s.p95,
+        s.max
+    );
+    let json = serde_json::json!({"unit": "us", "samples": samples, "min": s.min, "p50": s.p50, "p95": s.p95, "max": s.max});
+    if let Err(err) = std::fs::write(out.join("start-to-entry.json"), json.to_string()) {
+        warn(&format!("cannot write start-to-entry.json: {err}"));
+    }
 }
 
 /// runc leaves the empty `/<namespace>` cgroup parent behind (at the root of
