@@ -597,7 +597,10 @@ fn bad_images_are_refused_with_clear_errors() -> Result<()> {
         Bad {
             name: "native-code",
             config: good_config,
-            layers: vec![(WASM_LAYER, std::fs::read("/bin/busybox").unwrap_or_else(|_| b"\x7fELF\x02\x01\x01".to_vec()))],
+            layers: vec![(
+                WASM_LAYER,
+                std::fs::read("/bin/busybox").unwrap_or_else(|_| b"\x7fELF\x02\x01\x01".to_vec()),
+            )],
             error: "is not WebAssembly",
         },
     ];

@@ -268,7 +268,14 @@ async fn run(cli: Cli) -> Result<bool> {
 fn report_start_to_entry(log: &str, out: &Path) {
     let samples: Vec<f64> = log
         .lines()
-        .filter_map(|l| l.split("start_us=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            l.split("start_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .collect();
     let Some(s) = stats::summarize(&samples) else {
         warn("no start_us lines in containerd's log: the Start to _start time is unknown");
