@@ -418,10 +418,7 @@ fn task_api_on_a_running_guest() -> Result<()> {
     let del = cd.ctr(&["tasks", "delete", "sl1"])?;
     assert!(!del.success(), "deleting a running task must fail: {del:?}");
 
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "sl1"])?.ok()?;
-    cd.wait_status("sl1", "STOPPED")?;
-    cd.ctr(&["tasks", "delete", "sl1"])?.ok()?;
-    cd.ctr(&["containers", "delete", "sl1"])?.ok()?;
+    cd.kill_and_remove("sl1")?;
     cd.assert_clean()
 }
 
@@ -446,5 +443,37 @@ fn detached_output_can_be_attached_to() -> Result<()> {
     let out = cd.ctr(&["tasks", "attach", "att1"])?.ok()?;
     assert!(out.stdout.contains("awake"), "{out:?}");
     cd.ctr(&["containers", "delete", "att1"])?.ok()?;
+    cd.assert_clean()
+}
+
+#[test]
+fn stdin_reaches_the_guest_and_ends_with_eof() -> Result<()> {
+    use std::io::Write;
+    let cd = containerd();
+    let image = cd.import("cat")?;
+    let mut child = cd
+        .ctr_command(&["run", "--rm", "--runtime", RUNTIME, &image, "cat1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let input = "line one\nline two\n".repeat(1000);
+    {
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        stdin.write_all(input.as_bytes())?;
+        // Dropping stdin closes it: the guest must see EOF and exit.
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the guest never saw the end of its stdin");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output()?;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("copied {} bytes", input.len())));
     cd.assert_clean()
 }

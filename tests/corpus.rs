@@ -175,10 +175,6 @@ fn every_bad_input_gets_a_clear_error_and_the_shim_carries_on() -> Result<()> {
     // The shim that served all of the above is the same, and its healthy task runs on.
     assert_eq!(cd.task_pid("healthy")?, shim);
     cd.wait_status("healthy", "RUNNING")?;
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "healthy"])?
-        .ok()?;
-    cd.wait_status("healthy", "STOPPED")?;
-    cd.ctr(&["tasks", "delete", "healthy"])?.ok()?;
-    cd.ctr(&["containers", "delete", "healthy"])?.ok()?;
+    cd.kill_and_remove("healthy")?;
     cd.assert_clean()
 }

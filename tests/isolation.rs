@@ -206,10 +206,7 @@ fn a_descriptor_hog_ends_only_itself() -> Result<()> {
         ])?
         .ok()?;
     assert_eq!(out.stdout, "Hello from WebAssembly!\n");
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "calm"])?.ok()?;
-    cd.wait_status("calm", "STOPPED")?;
-    cd.ctr(&["tasks", "delete", "calm"])?.ok()?;
-    cd.ctr(&["containers", "delete", "calm"])?.ok()?;
+    cd.kill_and_remove("calm")?;
     cd.assert_clean()
 }
 

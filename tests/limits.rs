@@ -112,10 +112,7 @@ fn cpu_quota_throttles_a_spinning_guest() -> Result<()> {
     );
     assert!(used1 * 3 < used2, "throttled {used1} ns vs free {used2} ns");
     for id in ["q1", "q2"] {
-        cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?.ok()?;
-        cd.wait_status(id, "STOPPED")?;
-        cd.ctr(&["tasks", "delete", id])?.ok()?;
-        cd.ctr(&["containers", "delete", id])?.ok()?;
+        cd.kill_and_remove(id)?;
     }
     cd.assert_clean()
 }
@@ -140,10 +137,7 @@ fn stats_report_memory_of_a_running_guest() -> Result<()> {
     let limit = metric(&cd, "st1", "memory.limit_in_bytes")?;
     assert!(usage >= 65536, "a C guest has at least one page: {usage}");
     assert_eq!(limit, 33_554_432);
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "st1"])?.ok()?;
-    cd.wait_status("st1", "STOPPED")?;
-    cd.ctr(&["tasks", "delete", "st1"])?.ok()?;
-    cd.ctr(&["containers", "delete", "st1"])?.ok()?;
+    cd.kill_and_remove("st1")?;
     cd.assert_clean()
 }
 
@@ -190,10 +184,7 @@ fn the_shim_joins_its_container_cgroup_and_leaves_it() -> Result<()> {
         )?;
         assert!(procs.lines().any(|p| p == shim.to_string()));
     }
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "cg1"])?.ok()?;
-    cd.wait_status("cg1", "STOPPED")?;
-    cd.ctr(&["tasks", "delete", "cg1"])?.ok()?;
-    cd.ctr(&["containers", "delete", "cg1"])?.ok()?;
+    cd.kill_and_remove("cg1")?;
     // assert_clean also checks that no cgroup of the namespace is left.
     cd.assert_clean()
 }

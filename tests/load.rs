@@ -152,10 +152,6 @@ fn many_tasks_in_a_row_and_at_once_leak_nothing() -> Result<()> {
         "state folders leaked"
     );
 
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "anchor"])?
-        .ok()?;
-    cd.wait_status("anchor", "STOPPED")?;
-    cd.ctr(&["tasks", "delete", "anchor"])?.ok()?;
-    cd.ctr(&["containers", "delete", "anchor"])?.ok()?;
+    cd.kill_and_remove("anchor")?;
     cd.assert_clean()
 }

@@ -141,6 +141,16 @@ impl Containerd {
         self.wait_ready()
     }
 
+    /// Kills a task with SIGKILL, waits for it to stop, and deletes it and
+    /// its container.
+    pub fn kill_and_remove(&self, id: &str) -> Result<()> {
+        self.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?.ok()?;
+        self.wait_status(id, "STOPPED")?;
+        self.ctr(&["tasks", "delete", id])?.ok()?;
+        self.ctr(&["containers", "delete", id])?.ok()?;
+        Ok(())
+    }
+
     /// The pid `ctr task ls` shows for a task (for this shim: the shim's own).
     pub fn task_pid(&self, id: &str) -> Result<u32> {
         let out = self.ctr(&["tasks", "ls"])?.ok()?;
