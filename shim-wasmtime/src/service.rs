@@ -23,12 +23,14 @@ use oci_spec::runtime::Spec;
 
 use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
-use crate::lifecycle::stdio::{StdioPaths, TaskIo};
+use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task};
 use crate::lifecycle::{cgroup, rootfs, Runtime, TaskSpec, Usage};
 
 pub struct TaskService {
     runtime: Arc<dyn Runtime>,
+    /// Output still being copied to clients; the shim waits for it to exit.
+    pumps: Pumps,
     /// Joining the first container's cgroup, in the background: moving a
     /// process between cgroups waits out an RCU grace period in the kernel
     /// (10 ms and more), which must not hold up Create.
@@ -63,6 +65,7 @@ impl TaskService {
     pub fn new(runtime: Arc<dyn Runtime>, events: Events, exit: Arc<ExitSignal>) -> Self {
         Self {
             runtime,
+            pumps: Pumps::default(),
             cgroup: Mutex::default(),
             cgroup_tried: std::sync::atomic::AtomicBool::new(false),
             tasks: Arc::default(),
@@ -107,7 +110,7 @@ impl TaskService {
                     .is_some_and(|p| p.terminal().unwrap_or(false)),
         };
         // Open the streams first: a terminal request fails before anything is mounted.
-        let io = TaskIo::open(&stdio).await?;
+        let io = TaskIo::open(&stdio, &self.pumps).await?;
         let t_io = t0.elapsed();
         let spec_root = spec.root().as_ref().map(|r| r.path().clone());
         let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
@@ -521,7 +524,9 @@ impl TaskApi for TaskService {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
             let exit = self.exit.clone();
+            let pumps = self.pumps.clone();
             tokio::spawn(async move {
+                pumps.idle(std::time::Duration::from_secs(12)).await;
                 if let Some(joining) = joining {
                     if let Ok(Some(m)) = joining.await {
                         let _ = tokio::task::spawn_blocking(move || m.leave()).await;

@@ -12,6 +12,7 @@
 //! CLIs that talk to it.
 
 pub mod cmd;
+pub mod cri;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -71,9 +72,80 @@ pub struct Containerd {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// How to configure containerd's CRI plugin, for tests that drive CRI.
+#[derive(Debug, Clone, Default)]
+pub struct CriOptions {
+    /// `host:port` of a loopback registry to pull from over plain HTTP.
+    pub registry: Option<String>,
+    /// Register `deploy/wasm-stream-processor` for `application/wasm`.
+    pub stream_processor: bool,
+}
+
+/// The namespace containerd's CRI plugin works in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The sandbox image CRI tests use: the shim runs the pod's sandbox too.
+pub const CRI_SANDBOX_IMAGE: &str = "docker.io/wasmtime-examples/sleep:latest";
+
+fn cri_config(v3: bool, dir: &Path, opts: &CriOptions) -> Result<String> {
+    let certs = dir.join("certs.d");
+    if let Some(reg) = &opts.registry {
+        let host_dir = certs.join(reg);
+        std::fs::create_dir_all(&host_dir)?;
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!("server = \"http://{reg}\"\n[host.\"http://{reg}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+        )?;
+    }
+    let mut c = if v3 {
+        format!(
+            "version = 3\ndisabled_plugins = [\"io.containerd.nri.v1.nri\"]\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
+             [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{CRI_SANDBOX_IMAGE}\"\n\
+             [plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{certs}\"\n\
+             [plugins.\"io.containerd.cri.v1.runtime\"]\n  restrict_oom_score_adj = true\n\
+             [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime]\n  runtime_type = \"{RUNTIME}\"\n",
+            d = dir.display(),
+            certs = certs.display()
+        )
+    } else {
+        format!(
+            "version = 2\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{CRI_SANDBOX_IMAGE}\"\n  restrict_oom_score_adj = true\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n  runtime_type = \"{RUNTIME}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{certs}\"\n",
+            d = dir.display(),
+            certs = certs.display()
+        )
+    };
+    if opts.stream_processor {
+        c.push_str(&format!(
+            "[stream_processors]\n  [stream_processors.\"io.containerd.wasm.tar\"]\n    \
+             accepts = [\"application/wasm\"]\n    returns = \"application/vnd.oci.image.layer.v1.tar\"\n    \
+             path = \"{}\"\n",
+            workspace().join("deploy/wasm-stream-processor").display()
+        ));
+    }
+    Ok(c)
+}
+
 impl Containerd {
-    /// Starts a containerd and waits until it answers.
+    /// Starts a containerd (CRI disabled) and waits until it answers.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts a containerd with its CRI plugin, working in namespace `k8s.io`,
+    /// with the sandbox image imported.
+    pub fn start_cri(opts: &CriOptions) -> Result<Self> {
+        let cd = Self::start_with(Some(opts))?;
+        let tar = examples_dir().join("images/sleep.tar");
+        cd.import_tar(&tar)?;
+        Ok(cd)
+    }
+
+    fn start_with(cri: Option<&CriOptions>) -> Result<Self> {
         let bin_dir = containerd_bin_dir();
         let containerd = bin_dir.join("containerd");
         let version_out = Command::new(&containerd)
@@ -102,7 +174,9 @@ impl Containerd {
         std::fs::create_dir_all(dir.join("bin"))?;
         std::os::unix::fs::symlink(&shim, dir.join("bin").join(SHIM_BINARY))?;
 
-        let config = if major >= '2' {
+        let config = if let Some(opts) = cri {
+            cri_config(major >= '2', &dir, opts)?
+        } else if major >= '2' {
             format!(
                 "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.nri.v1.nri\"]\n\
                  [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}/opt\"\n",
@@ -118,6 +192,11 @@ impl Containerd {
         std::fs::write(dir.join("config.toml"), config)?;
         let socket = dir.join("c.sock");
         let child = spawn_containerd(&containerd, &dir, &socket, &bin_dir)?;
+        let namespace = if cri.is_some() {
+            CRI_NAMESPACE.to_string()
+        } else {
+            namespace
+        };
         let cd = Self {
             dir,
             socket,
@@ -246,7 +325,7 @@ impl Containerd {
 
     /// Shim processes serving this containerd's namespace.
     pub fn shim_pids(&self) -> Vec<u32> {
-        processes_with_args(&[SHIM_BINARY, &self.namespace])
+        processes_with_args(&[SHIM_BINARY, &self.socket.to_string_lossy()])
     }
 
     /// Mounts below this containerd's folder.

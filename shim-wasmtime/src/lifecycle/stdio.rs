@@ -100,17 +100,17 @@ pub struct TaskIo {
 impl TaskIo {
     /// Opens the streams. Fails with a clear error for a terminal, which a
     /// wasm guest cannot drive, and for log URIs other than `file://`.
-    pub async fn open(paths: &StdioPaths) -> Result<Self> {
+    pub async fn open(paths: &StdioPaths, pumps: &Pumps) -> Result<Self> {
         if paths.terminal {
             return Err(Error::invalid(
                 "a terminal was requested (-t), but wasm guests have no terminal: run without -t",
             ));
         }
         let released = Arc::new(AtomicBool::new(false));
-        let stdout = open_output(&paths.stdout, &released)
+        let stdout = open_output(&paths.stdout, &released, pumps)
             .await
             .kind(Kind::Internal, "open stdout")?;
-        let stderr = open_output(&paths.stderr, &released)
+        let stderr = open_output(&paths.stderr, &released, pumps)
             .await
             .kind(Kind::Internal, "open stderr")?;
         let (stdin, stdin_pump) = open_input(&paths.stdin);
@@ -147,7 +147,7 @@ impl Drop for TaskIo {
     }
 }
 
-async fn open_output(path: &str, released: &Arc<AtomicBool>) -> io::Result<Writer> {
+async fn open_output(path: &str, released: &Arc<AtomicBool>, pumps: &Pumps) -> io::Result<Writer> {
     if path.is_empty() {
         return Ok(Writer::new(tokio::io::sink()));
     }
@@ -173,16 +173,69 @@ async fn open_output(path: &str, released: &Arc<AtomicBool>) -> io::Result<Write
         ));
     }
     let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(pump_output(path.to_owned(), shim_end, released.clone()));
+    let active = pumps.start();
+    let pump = pump_output(path.to_owned(), shim_end, released.clone());
+    tokio::spawn(async move {
+        pump.await;
+        drop(active);
+    });
     Ok(Writer::new(guest_end))
 }
 
 /// Copies the guest's output into the FIFO at `path`, once a client has
 /// opened it for reading. Ends when the guest's end is closed and all is
 /// copied, or when the task is deleted with no client ever there.
+/// Counts the output pumps still running, so the shim can let them finish
+/// before it exits: a client may read a short task's output only after the
+/// task (and the shim's last task) has been deleted.
+#[derive(Clone, Default)]
+pub struct Pumps(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+/// One running pump; dropping it counts it out.
+pub struct ActivePump(Pumps);
+
+impl Drop for ActivePump {
+    fn drop(&mut self) {
+        if (self.0).0 .0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            (self.0).0 .1.notify_waiters();
+        }
+    }
+}
+
+impl Pumps {
+    fn start(&self) -> ActivePump {
+        self.0 .0.fetch_add(1, Ordering::SeqCst);
+        ActivePump(self.clone())
+    }
+
+    /// Waits until no pump runs, or `limit` has passed.
+    pub async fn idle(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.0 .1.notified();
+                if self.0 .0.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+/// How long an output pump still waits for a client after its task is deleted.
+const RELEASE_GRACE: Duration = Duration::from_secs(10);
+
 async fn pump_output(path: String, mut from: tokio::io::DuplexStream, released: Arc<AtomicBool>) {
     // A non-blocking write-open succeeds only once a reader exists.
-    let mut backoff = Duration::from_millis(5);
+    //
+    // A client may open its end late (ctr opens its FIFOs on goroutines,
+    // and under load that can come after a short guest has already ended).
+    // So keep trying: every few ms at first, then less often; and once the
+    // task is deleted, quickly again for a grace period before giving up,
+    // since that is exactly when a waiting client reads.
+    let mut backoff = Duration::from_millis(2);
+    let mut released_at: Option<std::time::Instant> = None;
     let fifo = loop {
         match std::fs::OpenOptions::new()
             .write(true)
@@ -190,14 +243,20 @@ async fn pump_output(path: String, mut from: tokio::io::DuplexStream, released: 
             .open(&path)
         {
             Ok(f) => break f,
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENXIO) && !released.load(Ordering::Relaxed) =>
-            {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if released.load(Ordering::Relaxed) {
+                    let since = *released_at.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > RELEASE_GRACE {
+                        tracing::debug!(%path, "output FIFO never opened by a client");
+                        return;
+                    }
+                    backoff = Duration::from_millis(2);
+                }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(Duration::from_millis(200));
             }
             Err(e) => {
-                tracing::debug!(%path, err = %e, "output FIFO never opened by a client");
+                tracing::debug!(%path, err = %e, "cannot open the output FIFO");
                 return;
             }
         }

@@ -1,0 +1,204 @@
+//! A CRI client, standing in for the kubelet: it drives containerd's CRI
+//! plugin over containerd's socket, with the `k8s-cri` crate's v1 API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
+use tonic::transport::Channel;
+
+pub struct Cri {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+/// A pod the client started.
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    pub log_dir: PathBuf,
+}
+
+impl Cri {
+    pub async fn connect(socket: &Path) -> Result<Self> {
+        let channel = containerd_client::connect(socket)
+            .await
+            .with_context(|| format!("connect to {}", socket.display()))?;
+        Ok(Self {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        })
+    }
+
+    pub async fn pull(&mut self, image: &str) -> Result<String> {
+        let r = self
+            .images
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("PullImage {image}"))?;
+        Ok(r.into_inner().image_ref)
+    }
+
+    /// RunPodSandbox with the `wasmtime` handler, on the host's network.
+    pub async fn run_pod(&mut self, name: &str, log_dir: &Path, handler: &str) -> Result<Pod> {
+        std::fs::create_dir_all(log_dir)?;
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_string(),
+                uid: format!("{name}-uid"),
+                namespace: "default".to_string(),
+                attempt: 0,
+            }),
+            log_directory: log_dir.to_string_lossy().into_owned(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.to_string(),
+            })
+            .await
+            .with_context(|| format!("RunPodSandbox {name}"))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod {
+            id,
+            config,
+            log_dir: log_dir.to_path_buf(),
+        })
+    }
+
+    /// CreateContainer and StartContainer; returns the container id.
+    pub async fn start_container(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        command: &[&str],
+    ) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        };
+        let id = self
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await
+            .with_context(|| format!("CreateContainer {name}"))?
+            .into_inner()
+            .container_id;
+        self.runtime
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .with_context(|| format!("StartContainer {name}"))?;
+        Ok(id)
+    }
+
+    pub async fn status(&mut self, id: &str) -> Result<ContainerStatus> {
+        self.runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .with_context(|| format!("ContainerStatus {id}"))?
+            .into_inner()
+            .status
+            .context("ContainerStatus without a status")
+    }
+
+    /// Waits until the container has exited, and returns its status.
+    pub async fn wait_exited(&mut self, id: &str) -> Result<ContainerStatus> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(id).await?;
+            if s.state == ContainerState::ContainerExited as i32 {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("container {id} did not exit: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn remove_container(&mut self, id: &str) -> Result<()> {
+        self.runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .with_context(|| format!("RemoveContainer {id}"))?;
+        Ok(())
+    }
+
+    /// StopPodSandbox, then RemovePodSandbox.
+    pub async fn remove_pod(&mut self, pod: &Pod) -> Result<()> {
+        self.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await
+            .context("StopPodSandbox")?;
+        self.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await
+            .context("RemovePodSandbox")?;
+        Ok(())
+    }
+}
+
+/// The lines a container wrote, from its CRI log file
+/// (`<time> <stream> <tag> <line>` per line).
+pub fn log_lines(pod: &Pod, name: &str) -> Result<Vec<String>> {
+    let path = pod.log_dir.join(format!("{name}.log"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_string))
+        .collect())
+}

@@ -1,0 +1,94 @@
+//! Through containerd's real CRI plugin, as the kubelet drives it: a pod on
+//! the `wasmtime` handler whose sandbox and two wasm containers (one from the
+//! tar-layer image, one from the CNCF artifact) run in one shim, pulled from
+//! a loopback registry, with their output in CRI's log files.
+//!
+//! One test function, so that only one CRI containerd runs at a time: CRI
+//! always works in the `k8s.io` namespace.
+
+use anyhow::{Context, Result};
+use harness::cri::{log_lines, Cri};
+use harness::{oci_artifact, Containerd, CriOptions, Registry};
+
+const HELLO: &str = "Hello from WebAssembly!";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
+    let reg = Registry::start()?;
+    let tmp = tempfile::tempdir()?;
+    let hello = harness::examples_dir().join("hello.wasm");
+    let hello = hello.to_string_lossy();
+
+    // Which artifact this containerd can run through CRI: 1.6 only unpacks
+    // one through the stream processor, from the variant that carries
+    // rootfs.diff_ids; 1.7 and 2.x pull the standard artifact, and the shim
+    // reads its module from the content store.
+    let probe = Containerd::start()?;
+    let is_16 = probe.version.starts_with("1.6");
+    drop(probe);
+    let form = if is_16 {
+        "artifact-stream-processor"
+    } else {
+        "artifact"
+    };
+
+    let image_ref = reg.reference("cri/hello:image");
+    let art_ref = reg.reference("cri/hello:artifact");
+    for (reference, form, file) in [
+        (&image_ref, "image", "image.tar"),
+        (&art_ref, form, "art.tar"),
+    ] {
+        let tar = tmp.path().join(file);
+        let tar = tar.to_string_lossy();
+        oci_artifact(&[
+            "build",
+            &hello,
+            "--name",
+            reference,
+            "--form",
+            form,
+            "--module-name",
+            "app.wasm",
+            "-o",
+            &tar,
+        ])?
+        .ok()?;
+        oci_artifact(&["push", &tar, reference])?.ok()?;
+    }
+
+    let cd = Containerd::start_cri(&CriOptions {
+        registry: Some(reg.addr.clone()),
+        stream_processor: is_16,
+    })?;
+    let mut cri = Cri::connect(&cd.socket).await?;
+    cri.pull(&image_ref).await?;
+    cri.pull(&art_ref).await?;
+
+    let pod = cri
+        .run_pod("wasm-pod", &tmp.path().join("logs"), "wasmtime")
+        .await?;
+    let from_image = cri
+        .start_container(&pod, "from-image", &image_ref, &[])
+        .await?;
+    let from_artifact = cri
+        .start_container(&pod, "from-artifact", &art_ref, &["/app.wasm"])
+        .await?;
+
+    for (id, name) in [
+        (&from_image, "from-image"),
+        (&from_artifact, "from-artifact"),
+    ] {
+        let status = cri.wait_exited(id).await?;
+        assert_eq!(status.exit_code, 0, "{name}: {status:?}");
+        let lines = log_lines(&pod, name)?;
+        assert!(lines.iter().any(|l| l == HELLO), "{name} logged {lines:?}");
+    }
+    // The sandbox and both containers: one pod, one shim.
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
+
+    cri.remove_container(&from_image).await?;
+    cri.remove_container(&from_artifact).await?;
+    cri.remove_pod(&pod).await.context("remove the pod")?;
+    tokio::task::spawn_blocking(move || cd.assert_clean()).await?
+}
