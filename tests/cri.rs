@@ -7,7 +7,7 @@
 //! always works in the `k8s.io` namespace.
 
 use anyhow::{Context, Result};
-use harness::cri::{log_lines, Cri};
+use harness::cri::{attempt_log_lines, log_lines, Cri};
 use harness::{oci_artifact, Containerd, CriOptions, Registry};
 
 const HELLO: &str = "Hello from WebAssembly!";
@@ -87,8 +87,30 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
     let shims = cd.shim_pids();
     assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
 
-    cri.remove_container(&from_image).await?;
-    cri.remove_container(&from_artifact).await?;
+    // The kubelet restarts a container in the same pod: a new attempt runs.
+    let again = cri
+        .start_attempt(&pod, "from-image", 1, &image_ref, &[])
+        .await?;
+    let status = cri.wait_exited(&again).await?;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(attempt_log_lines(&pod, "from-image", 1)?
+        .iter()
+        .any(|l| l == HELLO));
+
+    // An exec probe on a wasm container gets a clear "unsupported" answer.
+    let sleeper = cri
+        .start_container(&pod, "sleeper", harness::CRI_SANDBOX_IMAGE, &[])
+        .await?;
+    let err = cri.exec_sync(&sleeper, &["/bin/true"]).await;
+    let err = err
+        .err()
+        .context("ExecSync on a wasm container must fail")?;
+    assert!(err.message().contains("Exec is not implemented"), "{err:?}");
+    assert_eq!(cd.shim_pids(), shims, "still the pod's one shim");
+
+    for id in [&from_image, &from_artifact, &again, &sleeper] {
+        cri.remove_container(id).await?;
+    }
     cri.remove_pod(&pod).await.context("remove the pod")?;
     tokio::task::spawn_blocking(move || cd.assert_clean()).await?
 }

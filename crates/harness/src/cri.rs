@@ -9,10 +9,10 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -102,17 +102,30 @@ impl Cri {
         image: &str,
         command: &[&str],
     ) -> Result<String> {
+        self.start_attempt(pod, name, 0, image, command).await
+    }
+
+    /// As [`Self::start_container`], for a given restart attempt (as the
+    /// kubelet restarts a container in the same pod).
+    pub async fn start_attempt(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        attempt: u32,
+        image: &str,
+        command: &[&str],
+    ) -> Result<String> {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.to_string(),
-                attempt: 0,
+                attempt,
             }),
             image: Some(ImageSpec {
                 image: image.to_string(),
                 ..Default::default()
             }),
             command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
+            log_path: format!("{name}.{attempt}.log"),
             ..Default::default()
         };
         let id = self
@@ -133,6 +146,22 @@ impl Cri {
             .await
             .with_context(|| format!("StartContainer {name}"))?;
         Ok(id)
+    }
+
+    /// ExecSync, as an exec probe runs: returns the error status, if any.
+    pub async fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+    ) -> std::result::Result<(), tonic::Status> {
+        self.runtime
+            .exec_sync(ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 10,
+            })
+            .await
+            .map(|_| ())
     }
 
     pub async fn status(&mut self, id: &str) -> Result<ContainerStatus> {
@@ -191,10 +220,15 @@ impl Cri {
     }
 }
 
-/// The lines a container wrote, from its CRI log file
+/// The lines a container's first attempt wrote, from its CRI log file
 /// (`<time> <stream> <tag> <line>` per line).
 pub fn log_lines(pod: &Pod, name: &str) -> Result<Vec<String>> {
-    let path = pod.log_dir.join(format!("{name}.log"));
+    attempt_log_lines(pod, name, 0)
+}
+
+/// The lines one attempt of a container wrote.
+pub fn attempt_log_lines(pod: &Pod, name: &str, attempt: u32) -> Result<Vec<String>> {
+    let path = pod.log_dir.join(format!("{name}.{attempt}.log"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     Ok(text
