@@ -7,7 +7,7 @@
 //! always works in the `k8s.io` namespace.
 
 use anyhow::{Context, Result};
-use harness::cri::{attempt_log_lines, log_lines, Cri};
+use harness::cri::{wait_log_line, Cri};
 use harness::{oci_artifact, Containerd, CriOptions, Registry};
 
 const HELLO: &str = "Hello from WebAssembly!";
@@ -80,8 +80,7 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
     ] {
         let status = cri.wait_exited(id).await?;
         assert_eq!(status.exit_code, 0, "{name}: {status:?}");
-        let lines = log_lines(&pod, name)?;
-        assert!(lines.iter().any(|l| l == HELLO), "{name} logged {lines:?}");
+        wait_log_line(&pod, name, 0, HELLO).await?;
     }
     // The sandbox and both containers: one pod, one shim.
     let shims = cd.shim_pids();
@@ -93,9 +92,7 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
         .await?;
     let status = cri.wait_exited(&again).await?;
     assert_eq!(status.exit_code, 0, "{status:?}");
-    assert!(attempt_log_lines(&pod, "from-image", 1)?
-        .iter()
-        .any(|l| l == HELLO));
+    wait_log_line(&pod, "from-image", 1, HELLO).await?;
 
     // An exec probe on a wasm container gets a clear "unsupported" answer.
     let sleeper = cri
@@ -112,5 +109,28 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
         cri.remove_container(id).await?;
     }
     cri.remove_pod(&pod).await.context("remove the pod")?;
+
+    // 20 pods at once, each with a wasm container: all run, log and exit 0.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (mut cri, image, logs) = (
+            cri.clone(),
+            image_ref.clone(),
+            tmp.path().join(format!("logs-{i}")),
+        );
+        set.spawn(async move {
+            let pod = cri.run_pod(&format!("pod-{i}"), &logs, "wasmtime").await?;
+            let id = cri.start_container(&pod, "hello", &image, &[]).await?;
+            let status = cri.wait_exited(&id).await?;
+            anyhow::ensure!(status.exit_code == 0, "pod-{i}: {status:?}");
+            wait_log_line(&pod, "hello", 0, HELLO).await?;
+            cri.remove_container(&id).await?;
+            cri.remove_pod(&pod).await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
     tokio::task::spawn_blocking(move || cd.assert_clean()).await?
 }

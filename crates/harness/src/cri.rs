@@ -16,6 +16,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
+#[derive(Clone)]
 pub struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
@@ -224,6 +225,22 @@ impl Cri {
 /// (`<time> <stream> <tag> <line>` per line).
 pub fn log_lines(pod: &Pod, name: &str) -> Result<Vec<String>> {
     attempt_log_lines(pod, name, 0)
+}
+
+/// Waits (up to 10 s) until an attempt's log holds `line`: containerd
+/// copies output into the log file on its own time, also after the exit.
+pub async fn wait_log_line(pod: &Pod, name: &str, attempt: u32, line: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = attempt_log_lines(pod, name, attempt).unwrap_or_default();
+        if lines.iter().any(|l| l == line) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} (attempt {attempt}) never logged {line:?}; its log: {lines:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The lines one attempt of a container wrote.
