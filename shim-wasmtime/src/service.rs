@@ -25,7 +25,7 @@ use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
 use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task};
-use crate::lifecycle::{cgroup, rootfs, Runtime, TaskSpec, Usage};
+use crate::lifecycle::{cgroup, rootfs, Limits, Runtime, TaskSpec, Usage};
 
 pub struct TaskService {
     runtime: Arc<dyn Runtime>,
@@ -41,7 +41,7 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
+pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
         seconds: d.as_secs() as i64,
@@ -115,13 +115,15 @@ impl TaskService {
         let spec_root = spec.root().as_ref().map(|r| r.path().clone());
         let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
         let t_mount = t0.elapsed();
-        self.join_cgroup(&spec);
+        let limits = Limits::from_spec(&spec);
+        self.join_cgroup(&spec, limits);
         let t_cgroup = t0.elapsed();
         let usage = Arc::new(Usage::default());
         let task_spec = TaskSpec {
             id: id.clone(),
             rootfs: rootfs.clone(),
             spec,
+            limits,
         };
         let prepared = match self.runtime.prepare(&task_spec, usage.clone()).await {
             Ok(p) => p,
@@ -183,7 +185,7 @@ impl TaskService {
 
     /// Joins the first container's cgroup, once per shim. A failure is
     /// logged: the task still runs, only outside the cgroup.
-    fn join_cgroup(&self, spec: &Spec) {
+    fn join_cgroup(&self, spec: &Spec, limits: Limits) {
         if self
             .cgroup_tried
             .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -195,18 +197,6 @@ impl TaskService {
         };
         let Some(path) = linux.cgroups_path().as_ref() else {
             return;
-        };
-        let resources = linux.resources().as_ref();
-        let limits = cgroup::Limits {
-            memory: resources
-                .and_then(|r| r.memory().as_ref())
-                .and_then(|m| m.limit())
-                .filter(|l| *l > 0)
-                .map(|l| l as u64),
-            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
-                let quota = c.quota().filter(|q| *q > 0)?;
-                Some((quota, c.period().filter(|p| *p > 0).unwrap_or(100_000)))
-            }),
         };
         let path = path.to_string_lossy().into_owned();
         let joining =

@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, Config, Error, Flags, StartOpts};
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageField;
 
 use crate::lifecycle::events::Events;
@@ -110,17 +109,10 @@ impl Shim for WasmtimeShim {
                 crate::lifecycle::cgroup::remove_all(&path.to_string_lossy());
             }
         }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         Ok(api::DeleteResponse {
             // The shim died, so its task was killed: report SIGKILL.
             exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: MessageField::some(Timestamp {
-                seconds: now.as_secs() as i64,
-                nanos: now.subsec_nanos() as i32,
-                ..Default::default()
-            }),
+            exited_at: MessageField::some(crate::service::timestamp(SystemTime::now())),
             ..Default::default()
         })
     }

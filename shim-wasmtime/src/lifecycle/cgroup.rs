@@ -19,18 +19,12 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::Limits;
+
 /// Room for the shim's own memory above the guest's limit.
 pub const SHIM_OVERHEAD: u64 = 64 << 20;
 
 const ROOT: &str = "/sys/fs/cgroup";
-
-/// Limits to write into the cgroup.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Limits {
-    pub memory: Option<u64>,
-    /// (quota, period) in microseconds.
-    pub cpu: Option<(i64, u64)>,
-}
 
 /// The cgroup folders this shim joined, one per hierarchy, with the one it
 /// came from in each.
@@ -140,7 +134,8 @@ fn apply_limits(dir: &Path, limits: &Limits) {
             write(dir, "memory.max", &bytes);
         }
     }
-    if let Some((quota, period)) = limits.cpu {
+    if let Some(cpu) = limits.cpu {
+        let (quota, period) = (cpu.quota.as_micros(), cpu.period.as_micros());
         if dir.join("cpu.cfs_quota_us").exists() {
             write(dir, "cpu.cfs_period_us", &period.to_string());
             write(dir, "cpu.cfs_quota_us", &quota.to_string());

@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod rootfs;
 pub mod stdio;
 pub mod task;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
 
+pub use self::limits::{CpuQuota, Limits};
 pub use self::stdio::Writer;
 pub use self::usage::Usage;
 
@@ -32,6 +34,8 @@ pub struct TaskSpec {
     /// The mounted root filesystem.
     pub rootfs: PathBuf,
     pub spec: oci_spec::runtime::Spec,
+    /// The spec's resource limits, for the engine to enforce.
+    pub limits: Limits,
 }
 
 /// The guest's ends of its standard streams.

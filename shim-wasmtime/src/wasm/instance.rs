@@ -24,7 +24,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use super::mounts::Preopen;
-use crate::lifecycle::{Exit, GuestIo, Running, Usage};
+use crate::lifecycle::{CpuQuota, Exit, GuestIo, Running, Usage};
 
 /// The exit code of a guest that trapped, unless the trap maps to SIGFPE or SIGSEGV.
 pub const TRAP_EXIT_CODE: u32 = 128 + libc::SIGABRT as u32;
@@ -45,15 +45,9 @@ pub struct GuestState {
     throttle: Option<Throttle>,
 }
 
-/// A CPU quota (`linux.resources.cpu.quota` per `period`), enforced at epoch
-/// ticks: a guest that has used its quota in the current period sleeps until
-/// the period ends, so it cannot starve the shim's other guests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuQuota {
-    pub quota: Duration,
-    pub period: Duration,
-}
-
+/// Enforces a CPU quota at epoch ticks: a guest that has used its quota in
+/// the current period sleeps until the period ends, so it cannot starve the
+/// shim's other guests.
 struct Throttle {
     limit: CpuQuota,
     usage: Arc<Usage>,

@@ -106,29 +106,6 @@ impl Runtime for WasmtimeRuntime {
             .await
             .with_context(|| format!("module {module_path}"))?;
         let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
-        let memory_limit = task
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .filter(|l| *l > 0)
-            .map(|l| l as usize);
-        let cpu_quota = task
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.cpu().as_ref())
-            .and_then(|c| {
-                let quota = c.quota().filter(|q| *q > 0)?;
-                let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
-                Some(instance::CpuQuota {
-                    quota: std::time::Duration::from_micros(quota as u64),
-                    period: std::time::Duration::from_micros(period),
-                })
-            });
         tracing::debug!(
             id = task.id,
             module = module_path,
@@ -142,8 +119,8 @@ impl Runtime for WasmtimeRuntime {
             args,
             env: env_pairs(&env),
             preopens,
-            memory_limit,
-            cpu_quota,
+            memory_limit: task.limits.memory.map(|m| m as usize),
+            cpu_quota: task.limits.cpu,
             usage,
         })))
     }
