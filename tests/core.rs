@@ -394,9 +394,7 @@ fn a_terminal_request_gets_a_clear_error() -> Result<()> {
 fn task_api_on_a_running_guest() -> Result<()> {
     let cd = containerd();
     let image = cd.import("sleep")?;
-    cd.ctr(&["run", "-d", "--runtime", RUNTIME, &image, "sl1"])?
-        .ok()?;
-    cd.wait_status("sl1", "RUNNING")?;
+    cd.run_detached("sl1", &["--runtime", RUNTIME, &image, "sl1"])?;
 
     let ps = cd.ctr(&["tasks", "ps", "sl1"])?.ok()?;
     assert!(ps.stdout.lines().count() >= 2, "{ps:?}");
@@ -427,18 +425,10 @@ fn detached_output_can_be_attached_to() -> Result<()> {
     let cd = containerd();
     let image = cd.import("sleep")?;
     // Sleeps 2 s, then prints "awake": attach while it sleeps, see the line.
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        &image,
+    cd.run_detached(
         "att1",
-        "/sleep.wasm",
-        "2",
-    ])?
-    .ok()?;
-    cd.wait_status("att1", "RUNNING")?;
+        &["--runtime", RUNTIME, &image, "att1", "/sleep.wasm", "2"],
+    )?;
     // `ctr task attach` returns when the task exits, and deletes it.
     let out = cd.ctr(&["tasks", "attach", "att1"])?.ok()?;
     assert!(out.stdout.contains("awake"), "{out:?}");

@@ -90,19 +90,17 @@ fn every_bad_input_gets_a_clear_error_and_the_shim_carries_on() -> Result<()> {
     let args_env = cd.import("args-env")?;
 
     // A healthy guest in the shim that will serve every bad input below.
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        GROUP,
-        &sleep,
+    let shim = cd.run_detached(
         "healthy",
-    ])?
-    .ok()?;
-    cd.wait_status("healthy", "RUNNING")?;
-    let shim = cd.task_pid("healthy")?;
+        &[
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            GROUP,
+            &sleep,
+            "healthy",
+        ],
+    )?;
 
     let cases = cases()?;
     assert!(

@@ -14,10 +14,7 @@ fn pid_alive(pid: u32) -> bool {
 fn a_killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("sleep")?;
-    cd.ctr(&["run", "-d", "--runtime", RUNTIME, &image, "k9"])?
-        .ok()?;
-    cd.wait_status("k9", "RUNNING")?;
-    let shim = cd.task_pid("k9")?;
+    let shim = cd.run_detached("k9", &["--runtime", RUNTIME, &image, "k9"])?;
     assert!(
         !cd.mounts().is_empty(),
         "the rootfs should be mounted while the task runs"
@@ -47,38 +44,18 @@ fn tasks_survive_a_containerd_restart_which_then_sees_them_exit() -> Result<()> 
     let mut cd = Containerd::start()?;
     let image = cd.import("sleep")?;
     // Two guests: one ends while containerd is down, one after it is back.
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        &image,
+    cd.run_detached(
         "r1",
-        "/sleep.wasm",
-        "1",
-    ])?
-    .ok()?;
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        &image,
+        &["--runtime", RUNTIME, &image, "r1", "/sleep.wasm", "1"],
+    )?;
+    let r2 = cd.run_detached(
         "r2",
-        "/sleep.wasm",
-        "4",
-    ])?
-    .ok()?;
-    cd.wait_status("r1", "RUNNING")?;
-    cd.wait_status("r2", "RUNNING")?;
-    let shims = (cd.task_pid("r1")?, cd.task_pid("r2")?);
+        &["--runtime", RUNTIME, &image, "r2", "/sleep.wasm", "4"],
+    )?;
 
     cd.restart()?;
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        pid_alive(shims.1),
-        "the shim of r2 must survive the restart"
-    );
+    assert!(pid_alive(r2), "the shim of r2 must survive the restart");
     cd.wait_status("r2", "RUNNING")?;
     cd.wait_status("r1", "STOPPED")?;
     cd.wait_status("r2", "STOPPED")?;
@@ -94,19 +71,10 @@ fn tasks_survive_a_containerd_restart_which_then_sees_them_exit() -> Result<()> 
 fn the_shim_exits_once_its_last_task_is_deleted() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("sleep")?;
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        &image,
+    let shim = cd.run_detached(
         "x1",
-        "/sleep.wasm",
-        "3600",
-    ])?
-    .ok()?;
-    cd.wait_status("x1", "RUNNING")?;
-    let shim = cd.task_pid("x1")?;
+        &["--runtime", RUNTIME, &image, "x1", "/sleep.wasm", "3600"],
+    )?;
     assert!(pid_alive(shim));
     cd.ctr(&["tasks", "kill", "x1"])?.ok()?;
     cd.wait_status("x1", "STOPPED")?;

@@ -155,19 +155,10 @@ fn a_descriptor_hog_ends_only_itself() -> Result<()> {
     let files = cd.import("files")?;
     let sleep = cd.import("sleep")?;
     let hello = cd.import("hello")?;
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        GROUP,
-        &sleep,
+    let shim = cd.run_detached(
         "calm",
-    ])?
-    .ok()?;
-    cd.wait_status("calm", "RUNNING")?;
-    let shim = cd.task_pid("calm")?;
+        &["--runtime", RUNTIME, "--annotation", GROUP, &sleep, "calm"],
+    )?;
 
     let out = cd.ctr(&[
         "run",

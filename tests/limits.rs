@@ -82,23 +82,20 @@ fn cpu_quota_throttles_a_spinning_guest() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("spin")?;
     // 10% of a CPU against no quota, side by side in the same containerd.
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--cpu-quota",
-        "10000",
-        "--cpu-period",
-        "100000",
-        &image,
+    cd.run_detached(
         "q1",
-    ])?
-    .ok()?;
-    cd.ctr(&["run", "-d", "--runtime", RUNTIME, &image, "q2"])?
-        .ok()?;
-    cd.wait_status("q1", "RUNNING")?;
-    cd.wait_status("q2", "RUNNING")?;
+        &[
+            "--runtime",
+            RUNTIME,
+            "--cpu-quota",
+            "10000",
+            "--cpu-period",
+            "100000",
+            &image,
+            "q1",
+        ],
+    )?;
+    cd.run_detached("q2", &["--runtime", RUNTIME, &image, "q2"])?;
     let start1 = metric(&cd, "q1", "cpuacct.usage")?;
     let start2 = metric(&cd, "q2", "cpuacct.usage")?;
     std::thread::sleep(Duration::from_secs(2));
@@ -121,18 +118,17 @@ fn cpu_quota_throttles_a_spinning_guest() -> Result<()> {
 fn stats_report_memory_of_a_running_guest() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("sleep")?;
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--memory-limit",
-        "33554432",
-        &image,
+    cd.run_detached(
         "st1",
-    ])?
-    .ok()?;
-    cd.wait_status("st1", "RUNNING")?;
+        &[
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            "33554432",
+            &image,
+            "st1",
+        ],
+    )?;
     let usage = metric(&cd, "st1", "memory.usage_in_bytes")?;
     let limit = metric(&cd, "st1", "memory.limit_in_bytes")?;
     assert!(usage >= 65536, "a C guest has at least one page: {usage}");
@@ -145,19 +141,17 @@ fn stats_report_memory_of_a_running_guest() -> Result<()> {
 fn the_shim_joins_its_container_cgroup_and_leaves_it() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("sleep")?;
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--memory-limit",
-        "33554432",
-        &image,
+    let shim = cd.run_detached(
         "cg1",
-    ])?
-    .ok()?;
-    cd.wait_status("cg1", "RUNNING")?;
-    let shim = cd.task_pid("cg1")?;
+        &[
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            "33554432",
+            &image,
+            "cg1",
+        ],
+    )?;
     let dir = std::path::Path::new("/sys/fs/cgroup/memory")
         .join(&cd.namespace)
         .join("cg1");

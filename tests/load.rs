@@ -82,19 +82,17 @@ fn many_tasks_in_a_row_and_at_once_leak_nothing() -> Result<()> {
     let hello = cd.import("hello")?;
     let sleep = cd.import("sleep")?;
     // An anchor task keeps the shim alive between the tasks under load.
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        GROUP,
-        &sleep,
+    let shim = cd.run_detached(
         "anchor",
-    ])?
-    .ok()?;
-    cd.wait_status("anchor", "RUNNING")?;
-    let shim = cd.task_pid("anchor")?;
+        &[
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            GROUP,
+            &sleep,
+            "anchor",
+        ],
+    )?;
     // Warm up: the module cache, the runtime's thread pools.
     for i in 0..5 {
         run_hello(&cd, &hello, &format!("warm{i}"))?;

@@ -220,6 +220,18 @@ impl Containerd {
         self.wait_ready()
     }
 
+    /// `ctr run -d ARGS…` (ARGS: options, image, id, command), then waits
+    /// for task `id` to run; returns its pid (the shim's).
+    pub fn run_detached(&self, id: &str, args: &[&str]) -> Result<u32> {
+        let mut a = vec!["run", "-d"];
+        a.extend_from_slice(args);
+        self.ctr(&a)?
+            .ok()
+            .with_context(|| format!("ctr run -d {id}"))?;
+        self.wait_status(id, "RUNNING")?;
+        self.task_pid(id)
+    }
+
     /// Kills a task with SIGKILL, waits for it to stop, and deletes it and
     /// its container.
     pub fn kill_and_remove(&self, id: &str) -> Result<()> {
