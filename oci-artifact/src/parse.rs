@@ -68,6 +68,26 @@ pub struct WasmImage {
     pub module: Vec<u8>,
 }
 
+/// For an image index, the manifest to run: the one whose platform is
+/// `wasm`, or the index's only one. `None` when `doc` is not an index.
+pub fn manifest_of_index(doc: &serde_json::Value) -> Result<Option<Descriptor>> {
+    let Some(entries) = doc.get("manifests").and_then(|m| m.as_array()) else {
+        return Ok(None);
+    };
+    let pick = entries
+        .iter()
+        .find(|m| m.pointer("/platform/architecture").and_then(|a| a.as_str()) == Some("wasm"))
+        .or(if entries.len() == 1 {
+            entries.first()
+        } else {
+            None
+        })
+        .context("the image is an index without a wasm manifest")?;
+    Ok(Some(
+        serde_json::from_value(pick.clone()).context("the index's manifest descriptor")?,
+    ))
+}
+
 /// Checks a blob's bytes against its descriptor.
 pub fn verify(desc: &Descriptor, bytes: &[u8]) -> Result<()> {
     ensure!(

@@ -268,19 +268,10 @@ impl Client {
             let bytes = resp.body_mut().with_config().limit(4 << 20).read_to_vec()?;
             let value: serde_json::Value =
                 serde_json::from_slice(&bytes).context("the manifest is not JSON")?;
-            if value.get("manifests").is_none() {
-                return Ok(bytes);
+            match crate::parse::manifest_of_index(&value)? {
+                None => return Ok(bytes),
+                Some(desc) => reference = desc.digest,
             }
-            let entries = value["manifests"].as_array().cloned().unwrap_or_default();
-            let pick = entries
-                .iter()
-                .find(|m| {
-                    m.pointer("/platform/architecture").and_then(|a| a.as_str()) == Some("wasm")
-                })
-                .or(entries.first())
-                .and_then(|m| m.get("digest")?.as_str().map(str::to_string))
-                .context("the index lists no manifest")?;
-            reference = pick;
         }
         bail!("nested indexes are not supported")
     }

@@ -121,20 +121,10 @@ impl ContentStore {
         // An index: take its wasm manifest, or its only one.
         let parsed: serde_json::Value =
             serde_json::from_slice(&manifest).context("the manifest is not JSON")?;
-        if let Some(entries) = parsed.get("manifests").and_then(|m| m.as_array()) {
-            let pick = entries
-                .iter()
-                .find(|m| {
-                    m.pointer("/platform/architecture").and_then(|a| a.as_str()) == Some("wasm")
-                })
-                .or(if entries.len() == 1 {
-                    entries.first()
-                } else {
-                    None
-                })
-                .with_context(|| format!("image {image} is an index without a wasm manifest"))?;
-            desc =
-                serde_json::from_value(pick.clone()).context("the index's manifest descriptor")?;
+        if let Some(pick) = oci_artifact::parse::manifest_of_index(&parsed)
+            .with_context(|| format!("image {image}"))?
+        {
+            desc = pick;
             manifest = read_blob(&mut content, &ns, &desc).await?;
         }
         // Fetch what the manifest lists, then check it all with oci-artifact's parser.
