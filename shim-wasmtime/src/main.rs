@@ -6,6 +6,7 @@
 
 mod lifecycle;
 mod logging;
+mod runc;
 mod service;
 mod shim;
 mod wasm;

@@ -25,7 +25,8 @@ use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
 use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task};
-use crate::lifecycle::{cgroup, rootfs, Limits, Runtime, TaskSpec, Usage};
+use crate::lifecycle::{cgroup, entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
+use crate::runc::Delegates;
 
 pub struct TaskService {
     runtime: Arc<dyn Runtime>,
@@ -37,6 +38,8 @@ pub struct TaskService {
     cgroup: Mutex<Option<tokio::task::JoinHandle<Option<cgroup::Membership>>>>,
     cgroup_tried: std::sync::atomic::AtomicBool,
     tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
+    /// Linux containers (a pod's pause container, sidecars), run by runc.
+    delegates: Delegates,
     events: Events,
     exit: Arc<ExitSignal>,
 }
@@ -48,6 +51,29 @@ pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
         nanos: d.subsec_nanos() as i32,
         ..Default::default()
     }
+}
+
+/// Who runs a container, decided in Create.
+enum Route {
+    Runc,
+    Wasm(Box<Mounted>),
+}
+
+/// A wasm container's spec and rootfs, mounted for the engine.
+struct Mounted {
+    spec: Spec,
+    rootfs: PathBuf,
+    /// Whether the shim mounted the rootfs (and so must unmount it).
+    mounted: bool,
+}
+
+/// Sends a call for a container that runc runs to its runc shim, as it is.
+macro_rules! forward_to_runc {
+    ($self:ident, $ctx:ident, $method:literal, $req:ident) => {
+        if let Some(runc) = $self.delegates.get(&$req.id) {
+            return runc.call($ctx, $method, &$req).await;
+        }
+    };
 }
 
 /// The shim has one process per task: the init process. There is no exec.
@@ -62,9 +88,15 @@ fn no_exec(exec_id: &str) -> Result<()> {
 }
 
 impl TaskService {
-    pub fn new(runtime: Arc<dyn Runtime>, events: Events, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        delegates: Delegates,
+        events: Events,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         Self {
             runtime,
+            delegates,
             pumps: Pumps::default(),
             cgroup: Mutex::default(),
             cgroup_tried: std::sync::atomic::AtomicBool::new(false),
@@ -85,20 +117,62 @@ impl TaskService {
             .ok_or_else(|| Error::not_found(format!("task {id} not found")))
     }
 
-    async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
-        let id = req.id.clone();
-        if self.tasks().contains_key(&id) {
+    /// Mounts the rootfs and decides who runs the container: runc, when its
+    /// entrypoint is a Linux executable (the rootfs is then unmounted again,
+    /// for runc's shim mounts it itself), else the wasm engine.
+    async fn route(&self, req: &api::CreateTaskRequest) -> Result<Route> {
+        let id = &req.id;
+        if self.tasks().contains_key(id) || self.delegates.get(id).is_some() {
             return Err(Error::new(
                 Kind::AlreadyExists,
                 format!("task {id} already exists"),
             ));
         }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = load_spec(&bundle).await?;
+        let spec_root = spec.root().as_ref().map(|r| r.path().clone());
+        let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
+        let linux = {
+            let (rootfs, spec) = (rootfs.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || entrypoint::is_linux_executable(&rootfs, &spec))
+                .await
+                .unwrap_or(false)
+        };
+        if linux {
+            if mounted {
+                rootfs::unmount(&rootfs).await;
+            }
+            return Ok(Route::Runc);
+        }
+        Ok(Route::Wasm(Box::new(Mounted {
+            spec,
+            rootfs,
+            mounted,
+        })))
+    }
+
+    async fn do_create(
+        &self,
+        req: api::CreateTaskRequest,
+        mounted: Mounted,
+    ) -> Result<api::CreateTaskResponse> {
+        let Mounted {
+            spec,
+            rootfs,
+            mounted,
+        } = mounted;
+        let unmount = || async {
+            if mounted {
+                rootfs::unmount(&rootfs).await;
+            }
+        };
+        let id = req.id.clone();
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            unmount().await;
             return Err(Error::unimplemented("restoring from a checkpoint"));
         }
         let bundle = PathBuf::from(&req.bundle);
         let t0 = std::time::Instant::now();
-        let spec = load_spec(&bundle).await?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -109,12 +183,14 @@ impl TaskService {
                     .as_ref()
                     .is_some_and(|p| p.terminal().unwrap_or(false)),
         };
-        // Open the streams first: a terminal request fails before anything is mounted.
-        let io = TaskIo::open(&stdio, &self.pumps).await?;
+        let io = match TaskIo::open(&stdio, &self.pumps).await {
+            Ok(io) => io,
+            Err(err) => {
+                unmount().await;
+                return Err(err);
+            }
+        };
         let t_io = t0.elapsed();
-        let spec_root = spec.root().as_ref().map(|r| r.path().clone());
-        let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
-        let t_mount = t0.elapsed();
         let limits = Limits::from_spec(&spec);
         self.join_cgroup(&spec, limits);
         let t_cgroup = t0.elapsed();
@@ -128,9 +204,7 @@ impl TaskService {
         let prepared = match self.runtime.prepare(&task_spec, usage.clone()).await {
             Ok(p) => p,
             Err(err) => {
-                if mounted {
-                    rootfs::unmount(&rootfs).await;
-                }
+                unmount().await;
                 return Err(Error::wrap(Kind::InvalidArgument, err));
             }
         };
@@ -138,8 +212,7 @@ impl TaskService {
         tracing::debug!(
             id,
             io_us = t_io.as_micros() as u64,
-            mount_us = (t_mount - t_io).as_micros() as u64,
-            cgroup_us = (t_cgroup - t_mount).as_micros() as u64,
+            cgroup_us = (t_cgroup - t_io).as_micros() as u64,
             prepare_us = (t0.elapsed() - t_cgroup).as_micros() as u64,
             "create phases"
         );
@@ -147,21 +220,22 @@ impl TaskService {
             id.clone(),
             bundle,
             stdio.clone(),
-            mounted.then_some(rootfs),
+            mounted.then(|| rootfs.clone()),
             usage,
             io,
             prepared,
         ));
         let pid = task.pid;
-        {
+        let inserted = {
             let mut tasks = self.tasks();
-            if tasks.contains_key(&id) {
-                return Err(Error::new(
-                    Kind::AlreadyExists,
-                    format!("task {id} already exists"),
-                ));
-            }
-            tasks.insert(id.clone(), task);
+            !tasks.contains_key(&id) && tasks.insert(id.clone(), task).is_none()
+        };
+        if !inserted {
+            unmount().await;
+            return Err(Error::new(
+                Kind::AlreadyExists,
+                format!("task {id} already exists"),
+            ));
         }
         self.events.send(TaskCreate {
             container_id: id,
@@ -380,41 +454,46 @@ fn reply<T>(call: &str, id: &str, res: Result<T>) -> TtrpcResult<T> {
 impl TaskApi for TaskService {
     async fn create(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let id = req.id.clone();
         tracing::info!(id, bundle = req.bundle, "create");
-        let res = self
-            .do_create(req)
-            .await
-            .map_err(|e| e.context(format!("create container {id}")));
+        let res = match self.route(&req).await {
+            Ok(Route::Runc) => return self.delegates.create(ctx, req).await,
+            Ok(Route::Wasm(mounted)) => self.do_create(req, *mounted).await,
+            Err(err) => Err(err),
+        };
+        let res = res.map_err(|e| e.context(format!("create container {id}")));
         reply("create", &id, res)
     }
 
     async fn start(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
+        forward_to_runc!(self, ctx, "Start", req);
         let id = req.id.clone();
         reply("start", &id, self.do_start(req).await)
     }
 
     async fn state(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
+        forward_to_runc!(self, ctx, "State", req);
         let id = req.id.clone();
         reply("state", &id, self.do_state(req))
     }
 
     async fn wait(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
+        forward_to_runc!(self, ctx, "Wait", req);
         let res = async {
             no_exec(&req.exec_id)?;
             let status = self.get(&req.id)?.wait().await;
@@ -428,7 +507,8 @@ impl TaskApi for TaskService {
         reply("wait", &req.id, res)
     }
 
-    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+    async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "Kill", req);
         let id = req.id.clone();
         tracing::info!(id, signal = req.signal, "kill");
         reply("kill", &id, self.do_kill(req).await)
@@ -436,19 +516,27 @@ impl TaskApi for TaskService {
 
     async fn delete(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         let id = req.id.clone();
         tracing::info!(id, "delete");
+        if let Some(runc) = self.delegates.get(&id) {
+            let res = runc.call(ctx, "Delete", &req).await;
+            if res.is_ok() && req.exec_id.is_empty() {
+                self.delegates.forget(ctx, &id).await;
+            }
+            return res;
+        }
         reply("delete", &id, self.do_delete(req).await)
     }
 
     async fn pids(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
+        forward_to_runc!(self, ctx, "Pids", req);
         let res = self.get(&req.id).map(|task| api::PidsResponse {
             processes: vec![ProcessInfo {
                 pid: task.pid,
@@ -461,18 +549,20 @@ impl TaskApi for TaskService {
 
     async fn stats(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
+        forward_to_runc!(self, ctx, "Stats", req);
         let id = req.id.clone();
         reply("stats", &id, self.do_stats(req))
     }
 
     async fn close_io(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "CloseIO", req);
         let res = no_exec(&req.exec_id)
             .and_then(|_| self.get(&req.id))
             .map(|task| {
@@ -486,9 +576,10 @@ impl TaskApi for TaskService {
 
     async fn connect(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
+        forward_to_runc!(self, ctx, "Connect", req);
         let task_pid = self.get(&req.id).map(|t| t.pid).unwrap_or_default();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
@@ -504,7 +595,7 @@ impl TaskApi for TaskService {
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
         // containerd asks after each delete; the shim goes once its last task has.
-        if self.tasks().is_empty() {
+        if self.tasks().is_empty() && self.delegates.is_empty() {
             tracing::info!("last task deleted, shutting down");
             // Leaving the cgroup waits on the kernel (an RCU grace period):
             // answer containerd now, and exit once it is done.
@@ -528,23 +619,22 @@ impl TaskApi for TaskService {
         Ok(api::Empty::new())
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+    async fn pause(&self, ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "Pause", req);
         reply("pause", &req.id, Err(Error::unimplemented("Pause")))
     }
 
-    async fn resume(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ResumeRequest,
-    ) -> TtrpcResult<api::Empty> {
+    async fn resume(&self, ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "Resume", req);
         reply("resume", &req.id, Err(Error::unimplemented("Resume")))
     }
 
     async fn checkpoint(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "Checkpoint", req);
         reply(
             "checkpoint",
             &req.id,
@@ -554,25 +644,28 @@ impl TaskApi for TaskService {
 
     async fn update(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "Update", req);
         reply("update", &req.id, Err(Error::unimplemented("Update")))
     }
 
     async fn exec(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "Exec", req);
         reply("exec", &req.id, Err(Error::unimplemented("Exec")))
     }
 
     async fn resize_pty(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
+        forward_to_runc!(self, ctx, "ResizePty", req);
         reply(
             "resize_pty",
             &req.id,

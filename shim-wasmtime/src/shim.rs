@@ -5,6 +5,9 @@
 //!   group (`io.kubernetes.cri.sandbox-id`), so one shim serves a whole pod;
 //!   under `ctr` each container gets its own.
 //! - `delete` cleans a bundle up after a shim died without doing so.
+//! - Containers whose entrypoint is a Linux executable go on to runc's own
+//!   shim ([`crate::runc`]), so one RuntimeClass serves a pod's pause
+//!   container and sidecars beside its wasm containers.
 //! - With no action, the process is the server: it serves the Task API until
 //!   its last task is deleted.
 
@@ -20,6 +23,7 @@ use containerd_shim_protos::protobuf::MessageField;
 
 use crate::lifecycle::events::Events;
 use crate::lifecycle::rootfs;
+use crate::runc;
 use crate::service::TaskService;
 use crate::wasm::content::ContentStore;
 use crate::wasm::WasmtimeRuntime;
@@ -35,6 +39,8 @@ pub struct WasmtimeShim {
     /// containerd's gRPC socket, for reading artifacts from its content store.
     address: String,
     bundle: String,
+    id: String,
+    debug: bool,
     exit: Arc<ExitSignal>,
 }
 
@@ -82,13 +88,25 @@ impl Shim for WasmtimeShim {
             namespace: args.namespace.clone(),
             address: args.address.clone(),
             bundle: args.bundle.clone(),
+            id: args.id.clone(),
+            debug: args.debug,
             exit: Arc::new(ExitSignal::default()),
         }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let group = grouping(&opts.id).await;
-        let address = spawn(opts, &group, Vec::new()).await?;
+        // Our own socket name for the group: runc's shim, which runs the
+        // pod's Linux containers, hashes the bare group id.
+        let group = format!("{}/wasmtime", grouping(&opts.id).await);
+        let runc = runc::Launcher::find(&opts.publish_binary)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let publish_binary = opts.publish_binary.clone();
+        let vars = vec![
+            (runc::ENV_RUNC_SHIM, runc.as_str()),
+            (runc::ENV_PUBLISH_BINARY, publish_binary.as_str()),
+        ];
+        let address = spawn(opts, &group, vars).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
     }
@@ -99,6 +117,9 @@ impl Shim for WasmtimeShim {
         } else {
             PathBuf::from(&self.bundle)
         };
+        if let Some(res) = runc::delete_after_crash(&self.id, &bundle).await {
+            return Ok(res);
+        }
         rootfs::unmount(&rootfs::path(&bundle)).await;
         if let Ok(spec) = containerd_shim::asynchronous::util::read_spec(&bundle).await {
             if let Some(path) = spec
@@ -143,6 +164,12 @@ impl Shim for WasmtimeShim {
             init_us = started.elapsed().as_micros() as u64,
             "engine ready"
         );
-        TaskService::new(Arc::new(runtime), events, self.exit.clone())
+        let runc = runc::Launcher::from_env(&self.namespace, &self.address, self.debug);
+        TaskService::new(
+            Arc::new(runtime),
+            runc::Delegates::new(runc),
+            events,
+            self.exit.clone(),
+        )
     }
 }

@@ -58,6 +58,7 @@ pub fn ctr_path() -> PathBuf {
 
 pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
 pub const SHIM_BINARY: &str = "containerd-shim-wasmtime-v1";
+pub const RUNC_SHIM_BINARY: &str = "containerd-shim-runc-v2";
 
 /// A private containerd. Dropping it stops the daemon and removes its folder.
 pub struct Containerd {
@@ -340,6 +341,12 @@ impl Containerd {
         processes_with_args(&[SHIM_BINARY, &self.socket.to_string_lossy()])
     }
 
+    /// runc shim processes serving this containerd: ours starts them for
+    /// Linux containers (pause, sidecars).
+    pub fn runc_shim_pids(&self) -> Vec<u32> {
+        processes_with_args(&[RUNC_SHIM_BINARY, &self.socket.to_string_lossy()])
+    }
+
     /// Mounts below this containerd's folder.
     pub fn mounts(&self) -> Vec<String> {
         let prefix = self.dir.to_string_lossy().into_owned();
@@ -399,7 +406,8 @@ impl Containerd {
             let containers = self.ctr(&["containers", "ls", "-q"])?.stdout;
             let mounts = self.mounts();
             let states = self.task_state_dirs();
-            let shims = self.shim_pids();
+            let mut shims = self.shim_pids();
+            shims.extend(self.runc_shim_pids());
             let cgroups = self.cgroups();
             if tasks.trim().is_empty()
                 && containers.trim().is_empty()

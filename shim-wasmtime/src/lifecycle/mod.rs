@@ -7,6 +7,7 @@
 //! that future, which is why engines must yield regularly.
 
 pub mod cgroup;
+pub mod entrypoint;
 pub mod error;
 pub mod events;
 pub mod limits;

@@ -4,14 +4,13 @@
 //! is opened through a capability handle on the rootfs, which refuses `..`
 //! and symlinks (absolute or relative) that lead outside it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-/// The PATH a spec gets when its env has none, as in runc.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::lifecycle::entrypoint;
 
 /// Modules larger than this are refused before they are read.
 pub const MAX_MODULE_BYTES: u64 = 512 * 1024 * 1024;
@@ -60,44 +59,6 @@ pub fn classify(bytes: &[u8]) -> Result<Format> {
     }
 }
 
-/// Turns `path` (absolute, or relative to `cwd`) into a path relative to the
-/// rootfs. `..` is resolved lexically and can never climb above the root,
-/// as in a real chroot.
-fn rootfs_relative(cwd: &str, path: &str) -> PathBuf {
-    let joined = if path.starts_with('/') {
-        PathBuf::from(path)
-    } else {
-        Path::new(cwd).join(path)
-    };
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
-}
-
-/// Candidate paths for `args[0]`: itself when it has a slash, otherwise each
-/// folder of the spec's PATH, as `execvp` would search.
-fn candidates(arg0: &str, cwd: &str, env: &[String]) -> Vec<PathBuf> {
-    if arg0.contains('/') {
-        return vec![rootfs_relative(cwd, arg0)];
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| rootfs_relative(cwd, &format!("{d}/{arg0}")))
-        .collect()
-}
-
 /// Reads the module named by `args[0]` from the rootfs. Returns the guest path
 /// it was found at and its bytes.
 pub fn read_from_rootfs(
@@ -111,16 +72,10 @@ pub fn read_from_rootfs(
     }
     let root = Dir::open_ambient_dir(rootfs, ambient_authority())
         .with_context(|| format!("open rootfs {}", rootfs.display()))?;
-    for rel in candidates(arg0, cwd, env) {
+    let found =
+        entrypoint::find(&root, arg0, cwd, env).with_context(|| format!("module {arg0}"))?;
+    if let Some((rel, meta)) = found {
         let guest = format!("/{}", rel.display());
-        if rel.as_os_str().is_empty() {
-            bail!("module {guest} is not a regular file");
-        }
-        let meta = match root.metadata(&rel) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("module {guest}")),
-        };
         if !meta.is_file() {
             bail!("module {guest} is not a regular file");
         }
@@ -164,31 +119,6 @@ mod tests {
     }
 
     #[test]
-    fn dotdot_cannot_climb_above_the_root() {
-        assert_eq!(
-            rootfs_relative("/", "/../../etc/passwd"),
-            PathBuf::from("etc/passwd")
-        );
-        assert_eq!(
-            rootfs_relative("/app", "../x.wasm"),
-            PathBuf::from("x.wasm")
-        );
-        assert_eq!(
-            rootfs_relative("/app", "./m.wasm"),
-            PathBuf::from("app/m.wasm")
-        );
-    }
-
-    #[test]
-    fn bare_names_search_the_spec_path() {
-        let env = vec!["PATH=/bin:/opt".to_string()];
-        assert_eq!(
-            candidates("m.wasm", "/", &env),
-            vec![PathBuf::from("bin/m.wasm"), PathBuf::from("opt/m.wasm")]
-        );
-    }
-
-    #[test]
     fn symlinks_out_of_the_rootfs_are_refused() {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret.wasm"), b"\0asm\x01\0\0\0").unwrap();
@@ -226,12 +156,5 @@ mod proptests {
             let _ = classify(&bytes);
         }
 
-        /// Whatever the guest-supplied path, the result stays inside the rootfs.
-        #[test]
-        fn resolved_paths_stay_inside_the_rootfs(cwd in "(/|[a-z./]{0,12})", path in "[a-z./]{0,24}") {
-            let rel = rootfs_relative(&cwd, &path);
-            prop_assert!(rel.is_relative());
-            prop_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
-        }
     }
 }

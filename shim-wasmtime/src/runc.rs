@@ -1,0 +1,435 @@
+//! Linux containers that land on this shim are handed to containerd's own
+//! runc shim (`containerd-shim-runc-v2`).
+//!
+//! A pod's sandbox (pause) container and its sidecars are Linux executables.
+//! They come to us because the pod's RuntimeClass names our handler, and one
+//! shim serves a whole pod. Create sees the entrypoint is ELF (or `#!`) and
+//! passes the request to a runc shim, started the way containerd starts one
+//! (`… start` in the bundle, grouped by the same pod annotation). From then on
+//! every call for that container is forwarded as it is, and the answer or
+//! error comes back as it is: runc's semantics stay runc's, exec included.
+//! The runc shim publishes that container's events to containerd itself.
+//!
+//! containerd 2.x's runc shim serves `containerd.task.v3.Task`, earlier ones
+//! `containerd.task.v2.Task`. The two carry the same messages, so one
+//! forwarder serves both: only the service name differs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use containerd_shim::TtrpcContext;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::ttrpc::{self, r#async::Client};
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::error::{Error, Kind, ResultExt};
+
+/// Environment through which `start` tells the server how to start a runc
+/// shim: containerd's binary and the runc shim found beside it.
+pub const ENV_PUBLISH_BINARY: &str = "WASMTIME_SHIM_PUBLISH_BINARY";
+pub const ENV_RUNC_SHIM: &str = "WASMTIME_SHIM_RUNC_SHIM";
+
+/// The runc shim's binary name, as containerd names it.
+const RUNC_SHIM: &str = "containerd-shim-runc-v2";
+
+/// A file in a handed-over container's bundle: `shim delete` after a crash
+/// passes the cleanup on to the runc shim too.
+const MARKER: &str = "wasmtime-runc-delegate.json";
+
+/// How to run the runc shim's command line, as containerd would.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launcher {
+    pub binary: PathBuf,
+    pub namespace: String,
+    pub address: String,
+    pub publish_binary: String,
+    pub debug: bool,
+}
+
+impl Launcher {
+    /// Finds the runc shim that matches the containerd that started us: the
+    /// one beside containerd's binary, else the first on PATH.
+    pub fn find(publish_binary: &str) -> Option<PathBuf> {
+        let beside = Path::new(publish_binary)
+            .parent()
+            .map(|d| d.join(RUNC_SHIM))
+            .filter(|p| p.is_file());
+        beside.or_else(|| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join(RUNC_SHIM))
+                    .find(|p| p.is_file())
+            })
+        })
+    }
+
+    /// What the server was told by `start`, if a runc shim was found.
+    pub fn from_env(namespace: &str, address: &str, debug: bool) -> Option<Self> {
+        let binary = PathBuf::from(std::env::var_os(ENV_RUNC_SHIM)?);
+        Some(Self {
+            binary,
+            namespace: namespace.to_string(),
+            address: address.to_string(),
+            publish_binary: std::env::var(ENV_PUBLISH_BINARY).unwrap_or_default(),
+            debug,
+        })
+    }
+
+    fn command(&self, id: &str, bundle: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.current_dir(bundle)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .args(["-namespace", &self.namespace, "-address", &self.address]);
+        if !self.publish_binary.is_empty() {
+            cmd.args(["-publish-binary", &self.publish_binary]);
+        }
+        if self.debug {
+            cmd.arg("-debug");
+        }
+        cmd.args(["-id", id]);
+        cmd
+    }
+
+    /// `containerd-shim-runc-v2 … start` in the bundle: finds or starts the
+    /// runc shim of this container's group and returns its address and the
+    /// Task API service it serves.
+    async fn start(&self, id: &str, bundle: &Path) -> crate::lifecycle::error::Result<Endpoint> {
+        // runc's `start` writes its own address and pid into the bundle,
+        // where ours already are: containerd must keep talking to us.
+        let keep = ["address", "shim.pid"].map(|f| (f, std::fs::read(bundle.join(f)).ok()));
+        let out = output(self.command(id, bundle).arg("start")).await;
+        for (file, content) in keep {
+            if let Some(content) = content {
+                let _ = std::fs::write(bundle.join(file), content);
+            }
+        }
+        let out = out.kind(
+            Kind::Internal,
+            format!("run {} start", self.binary.display()),
+        )?;
+        if out.status != 0 {
+            return Err(Error::new(
+                Kind::Internal,
+                format!(
+                    "{} start failed (exit status {}): {}",
+                    self.binary.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Endpoint::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `containerd-shim-runc-v2 … -bundle B delete`: cleans up a container
+    /// whose shim died, and returns runc's answer.
+    async fn delete(&self, id: &str, bundle: &Path) -> anyhow::Result<api::DeleteResponse> {
+        let out =
+            output(
+                self.command(id, bundle)
+                    .args(["-bundle", &bundle.to_string_lossy(), "delete"]),
+            )
+            .await?;
+        if out.status != 0 {
+            anyhow::bail!(
+                "{} delete failed (exit status {}): {}",
+                self.binary.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(api::DeleteResponse::parse_from_bytes(&out.stdout)?)
+    }
+}
+
+/// What a finished command printed, and how it ended.
+struct Output {
+    /// The exit code, or 128 + the signal that ended it.
+    status: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs a command to its end. The shim reaps every child on SIGCHLD (its
+/// tasks' runc processes included), so the exit status comes from the
+/// shim library's exit monitor, not from `waitpid` on the child.
+async fn output(cmd: &mut tokio::process::Command) -> std::io::Result<Output> {
+    use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
+    use containerd_shim::monitor::{Subject, Topic};
+    use tokio::io::AsyncReadExt;
+
+    let mut exits = monitor_subscribe(Topic::Pid)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let result = async {
+        let mut child = cmd.spawn()?;
+        let pid = child.id().map(|p| p as i32);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if let (Some(out), Some(err)) = (child.stdout.as_mut(), child.stderr.as_mut()) {
+            tokio::try_join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr))?;
+        }
+        loop {
+            let Some(exit) = exits.rx.recv().await else {
+                return Err(std::io::Error::other("the exit monitor closed"));
+            };
+            if matches!(exit.subject, Subject::Pid(p) if Some(p) == pid) {
+                return Ok(Output {
+                    status: exit.exit_code,
+                    stdout,
+                    stderr,
+                });
+            }
+        }
+    }
+    .await;
+    let _ = monitor_unsubscribe(exits.id).await;
+    result
+}
+
+/// Where a runc shim listens, and which Task API version it speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    address: String,
+    service: &'static str,
+}
+
+impl Endpoint {
+    /// `start` prints a bare address (containerd 1.x) or bootstrap JSON
+    /// (`{"version":3,"address":…,"protocol":"ttrpc"}`, containerd 2.x).
+    fn parse(out: &str) -> crate::lifecycle::error::Result<Self> {
+        let out = out.trim();
+        if !out.starts_with('{') {
+            if out.is_empty() {
+                return Err(Error::new(
+                    Kind::Internal,
+                    "runc shim start printed no address",
+                ));
+            }
+            return Ok(Self {
+                address: out.to_string(),
+                service: "containerd.task.v2.Task",
+            });
+        }
+        #[derive(Deserialize)]
+        struct Bootstrap {
+            version: u32,
+            address: String,
+            #[serde(default)]
+            protocol: String,
+        }
+        let b: Bootstrap = serde_json::from_str(out)
+            .kind(Kind::Internal, format!("runc shim start printed {out:?}"))?;
+        if !b.protocol.is_empty() && b.protocol != "ttrpc" {
+            return Err(Error::new(
+                Kind::Internal,
+                format!("runc shim speaks {}, not ttrpc", b.protocol),
+            ));
+        }
+        Ok(Self {
+            address: b.address,
+            service: if b.version >= 3 {
+                "containerd.task.v3.Task"
+            } else {
+                "containerd.task.v2.Task"
+            },
+        })
+    }
+}
+
+/// A connection to one runc shim.
+pub struct RuncShim {
+    endpoint: Endpoint,
+    client: Client,
+}
+
+impl RuncShim {
+    /// Forwards one Task API call and returns the runc shim's answer, or its
+    /// error with its own status code.
+    pub async fn call<Req: Message, Resp: Message>(
+        &self,
+        ctx: &TtrpcContext,
+        method: &str,
+        req: &Req,
+    ) -> ttrpc::Result<Resp> {
+        let payload = req
+            .write_to_bytes()
+            .map_err(|e| ttrpc::Error::Others(format!("encode {method}: {e}")))?;
+        let request = ttrpc::Request {
+            service: self.endpoint.service.to_string(),
+            method: method.to_string(),
+            timeout_nano: ctx.timeout_nano,
+            metadata: ttrpc::context::to_pb(ctx.metadata.clone()),
+            payload,
+            ..Default::default()
+        };
+        let res = self.client.request(request).await?;
+        Resp::parse_from_bytes(&res.payload)
+            .map_err(|e| ttrpc::Error::Others(format!("decode {method} reply: {e}")))
+    }
+}
+
+/// The runc shims this shim hands containers to, and which container went where.
+#[derive(Default)]
+pub struct Delegates {
+    launcher: Option<Launcher>,
+    shims: Mutex<HashMap<String, Arc<RuncShim>>>,
+    containers: Mutex<HashMap<String, Arc<RuncShim>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Delegates {
+    pub fn new(launcher: Option<Launcher>) -> Self {
+        if launcher.is_none() {
+            tracing::warn!("no {RUNC_SHIM} found: Linux containers cannot run on this shim");
+        }
+        Self {
+            launcher,
+            ..Default::default()
+        }
+    }
+
+    /// The runc shim a container was handed to.
+    pub fn get(&self, id: &str) -> Option<Arc<RuncShim>> {
+        lock(&self.containers).get(id).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.containers).is_empty()
+    }
+
+    /// Hands a Create to the runc shim of the container's group.
+    pub async fn create(
+        &self,
+        ctx: &TtrpcContext,
+        mut req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let Some(launcher) = &self.launcher else {
+            return Err(Error::new(
+                Kind::FailedPrecondition,
+                format!(
+                    "the entrypoint is a Linux executable, and no {RUNC_SHIM} was found beside containerd or on PATH to run it"
+                ),
+            )
+            .into());
+        };
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let endpoint = launcher.start(&id, &bundle).await?;
+        let shim = self.connect(endpoint).await?;
+        // Our runtime options are not runc's: runc gets its defaults.
+        req.options.clear();
+        let marker = serde_json::to_vec(launcher).unwrap_or_default();
+        let _ = std::fs::write(bundle.join(MARKER), marker);
+        lock(&self.containers).insert(id.clone(), shim.clone());
+        let res: ttrpc::Result<api::CreateTaskResponse> = shim.call(ctx, "Create", &req).await;
+        match &res {
+            Ok(r) => tracing::info!(
+                id,
+                pid = r.pid,
+                address = shim.endpoint.address,
+                "handed to runc"
+            ),
+            Err(_) => self.forget(ctx, &id).await,
+        }
+        res
+    }
+
+    async fn connect(&self, endpoint: Endpoint) -> ttrpc::Result<Arc<RuncShim>> {
+        if let Some(shim) = lock(&self.shims).get(&endpoint.address) {
+            return Ok(shim.clone());
+        }
+        let client = Client::connect(&endpoint.address).await?;
+        let shim = Arc::new(RuncShim {
+            endpoint: endpoint.clone(),
+            client,
+        });
+        Ok(lock(&self.shims)
+            .entry(endpoint.address)
+            .or_insert(shim)
+            .clone())
+    }
+
+    /// Drops a deleted (or failed) container. A runc shim left with no
+    /// container of ours is asked to shut down, as containerd would.
+    pub async fn forget(&self, ctx: &TtrpcContext, id: &str) {
+        let Some(shim) = lock(&self.containers).remove(id) else {
+            return;
+        };
+        let in_use = lock(&self.containers)
+            .values()
+            .any(|s| Arc::ptr_eq(s, &shim));
+        if in_use {
+            return;
+        }
+        lock(&self.shims).remove(&shim.endpoint.address);
+        let req = api::ShutdownRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        // The runc shim exits while answering, so a closed connection is success.
+        let res: ttrpc::Result<api::Empty> = shim.call(ctx, "Shutdown", &req).await;
+        if let Err(err) = res {
+            tracing::debug!(id, "runc shim shutdown: {err}");
+        }
+    }
+}
+
+/// `shim delete` for a bundle whose container was handed to runc: runc's
+/// shim cleans it up. None when the bundle was ours.
+pub async fn delete_after_crash(id: &str, bundle: &Path) -> Option<api::DeleteResponse> {
+    let marker = std::fs::read(bundle.join(MARKER)).ok()?;
+    let launcher: Launcher = match serde_json::from_slice(&marker) {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::warn!(id, "unreadable {MARKER}: {err}");
+            return None;
+        }
+    };
+    match launcher.delete(id, bundle).await {
+        Ok(res) => Some(res),
+        Err(err) => {
+            tracing::warn!(id, "{err:#}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_output_of_every_version_parses() {
+        assert_eq!(
+            Endpoint::parse("unix:///run/containerd/s/abc\n").unwrap(),
+            Endpoint {
+                address: "unix:///run/containerd/s/abc".into(),
+                service: "containerd.task.v2.Task"
+            }
+        );
+        assert_eq!(
+            Endpoint::parse(
+                r#"{"version":3,"address":"unix:///run/containerd/s/abc","protocol":"ttrpc"}"#
+            )
+            .unwrap()
+            .service,
+            "containerd.task.v3.Task"
+        );
+        assert_eq!(
+            Endpoint::parse(r#"{"version":2,"address":"unix:///x","protocol":"ttrpc"}"#)
+                .unwrap()
+                .service,
+            "containerd.task.v2.Task"
+        );
+        assert!(Endpoint::parse("").is_err());
+        assert!(Endpoint::parse(r#"{"version":3,"address":"x","protocol":"grpc"}"#).is_err());
+        assert!(Endpoint::parse("{not json").is_err());
+    }
+}
