@@ -3,6 +3,7 @@
 #   $OUT/*.wasm         WASI preview1 modules compiled from examples/*/*.c
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
+#   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
 # Every run rebuilds everything and produces the same bytes.
 #
 # Needs (Debian): clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt gcc libc6-dev
@@ -36,6 +37,7 @@ OUT="$(cd "$OUT" && pwd)" # absolute, as the build runs from $EXAMPLES
 # into the output. Run from $EXAMPLES with relative paths for the same reason.
 cd "$EXAMPLES"
 for src in */*.c; do
+    [[ "$src" == native/* ]] && continue # Linux-only programs, built below
     name="$(basename "$src" .c)"
     echo "wasm   $OUT/$name.wasm"
     "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/$name.wasm" "$src"
@@ -59,3 +61,6 @@ printf '\0asm\x0d\x00\x01\x00' >"$OUT/bad/component.wasm"
 # not depend on where the checkout lives.
 echo "native $OUT/native/hello"
 "$CC" -O2 -Wall -Wextra -static -s -o "$OUT/native/hello" hello/hello.c
+# A pod sandbox ("pause") program: Linux containers beside wasm ones.
+echo "native $OUT/native/pause"
+"$CC" -O2 -Wall -Wextra -static -s -o "$OUT/native/pause" native/pause.c

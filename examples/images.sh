@@ -32,6 +32,11 @@ if [[ -x "$OUT/native/hello" ]]; then
     "$CLI" build "$OUT/native/hello" --native linux/amd64 \
         --name docker.io/wasmtime-examples/hello-native:latest -o "$OUT/images/hello-native.tar" >/dev/null
 fi
+# pause, the pod sandbox for the CRI tests.
+if [[ -x "$OUT/native/pause" ]]; then
+    "$CLI" build "$OUT/native/pause" --native linux/amd64 --module-name pause \
+        --name docker.io/wasmtime-examples/pause:latest -o "$OUT/images/pause.tar" >/dev/null
+fi
 # busybox, for the runc baseline: `ctr run IMAGE ID /busybox echo hi`.
 if [[ -x /bin/busybox ]]; then
     "$CLI" build /bin/busybox --native linux/amd64 --module-name busybox \

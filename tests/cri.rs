@@ -1,7 +1,8 @@
 //! Through containerd's real CRI plugin, as the kubelet drives it: a pod on
-//! the `wasmtime` handler whose sandbox and two wasm containers (one from the
-//! tar-layer image, one from the CNCF artifact) run in one shim, pulled from
-//! a loopback registry, with their output in CRI's log files.
+//! the `wasmtime` handler whose two wasm containers (one from the tar-layer
+//! image, one from the CNCF artifact, pulled from a loopback registry) run in
+//! one shim, beside a Linux sandbox (pause) and a busybox sidecar that the
+//! shim hands to runc, with everyone's output in CRI's log files.
 //!
 //! One test function, so that only one CRI containerd runs at a time: CRI
 //! always works in the `k8s.io` namespace.
@@ -13,7 +14,7 @@ use harness::{oci_artifact, Containerd, CriOptions, Registry};
 const HELLO: &str = "Hello from WebAssembly!";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
+async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()> {
     let reg = Registry::start()?;
     let tmp = tempfile::tempdir()?;
     let hello = harness::examples_dir().join("hello.wasm");
@@ -60,6 +61,7 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
         registry: Some(reg.addr.clone()),
         stream_processor: is_16,
     })?;
+    let busybox = cd.import("busybox")?;
     let mut cri = Cri::connect(&cd.socket).await?;
     cri.pull(&image_ref).await?;
     cri.pull(&art_ref).await?;
@@ -82,9 +84,42 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
         assert_eq!(status.exit_code, 0, "{name}: {status:?}");
         wait_log_line(&pod, name, 0, HELLO).await?;
     }
-    // The sandbox and both containers: one pod, one shim.
+    // Both wasm containers: one pod, one shim. The sandbox is pause, a
+    // Linux binary: runc's shim runs it.
     let shims = cd.shim_pids();
     assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
+    assert_eq!(cd.runc_shim_pids().len(), 1, "runc runs the pod's pause");
+
+    // A Linux sidecar beside the wasm containers, in the same pod: it runs,
+    // logs, answers an exec probe, and stops on StopContainer.
+    let sidecar = cri
+        .start_container(
+            &pod,
+            "sidecar",
+            &busybox,
+            &[
+                "/busybox",
+                "sh",
+                "-c",
+                "echo sidecar up; exec /busybox sleep 600",
+            ],
+        )
+        .await?;
+    wait_log_line(&pod, "sidecar", 0, "sidecar up").await?;
+    let (code, out) = cri
+        .exec_sync(&sidecar, &["/busybox", "echo", "probe ok"])
+        .await
+        .context("ExecSync on the sidecar")?;
+    assert_eq!((code, out.as_str()), (0, "probe ok\n"));
+    assert_eq!(cd.shim_pids(), shims, "still the pod's one wasm shim");
+    assert_eq!(cd.runc_shim_pids().len(), 1, "one runc shim per pod");
+    cri.stop_container(&sidecar, 5).await?;
+    let status = cri.wait_exited(&sidecar).await?;
+    assert_eq!(
+        status.exit_code,
+        128 + 15,
+        "SIGTERM ends the sidecar: {status:?}"
+    );
 
     // The kubelet restarts a container in the same pod: a new attempt runs.
     let again = cri
@@ -96,7 +131,7 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
 
     // An exec probe on a wasm container gets a clear "unsupported" answer.
     let sleeper = cri
-        .start_container(&pod, "sleeper", harness::CRI_SANDBOX_IMAGE, &[])
+        .start_container(&pod, "sleeper", &harness::image_name("sleep"), &[])
         .await?;
     let err = cri.exec_sync(&sleeper, &["/bin/true"]).await;
     let err = err
@@ -105,7 +140,8 @@ async fn a_pod_runs_both_image_forms_in_one_shim() -> Result<()> {
     assert!(err.message().contains("Exec is not implemented"), "{err:?}");
     assert_eq!(cd.shim_pids(), shims, "still the pod's one shim");
 
-    for id in [&from_image, &from_artifact, &again, &sleeper] {
+    cri.stop_container(&sleeper, 5).await?;
+    for id in [&from_image, &from_artifact, &again, &sleeper, &sidecar] {
         cri.remove_container(id).await?;
     }
     cri.remove_pod(&pod).await.context("remove the pod")?;

@@ -272,6 +272,24 @@ impl RuncShim {
     }
 }
 
+/// Says which container failed and why runc was involved, keeping runc's
+/// status code and message.
+pub fn explain(id: &str, err: ttrpc::Error) -> ttrpc::Error {
+    match err {
+        ttrpc::Error::RpcStatus(mut status) => {
+            let message = format!(
+                "container {id} (its entrypoint is a Linux executable, run by runc): {}",
+                status.message()
+            );
+            status.set_message(message);
+            ttrpc::Error::RpcStatus(status)
+        }
+        other => ttrpc::Error::Others(format!(
+            "container {id} (its entrypoint is a Linux executable, run by runc): {other}"
+        )),
+    }
+}
+
 /// The runc shims this shim hands containers to, and which container went where.
 #[derive(Default)]
 pub struct Delegates {
@@ -338,7 +356,7 @@ impl Delegates {
             ),
             Err(_) => self.forget(ctx, &id).await,
         }
-        res
+        res.map_err(|e| explain(&id, e))
     }
 
     async fn connect(&self, endpoint: Endpoint) -> ttrpc::Result<Arc<RuncShim>> {

@@ -473,8 +473,11 @@ impl TaskApi for TaskService {
         ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        forward_to_runc!(self, ctx, "Start", req);
         let id = req.id.clone();
+        if let Some(runc) = self.delegates.get(&id) {
+            let res = runc.call(ctx, "Start", &req).await;
+            return res.map_err(|e| crate::runc::explain(&id, e));
+        }
         reply("start", &id, self.do_start(req).await)
     }
 

@@ -12,7 +12,7 @@ use k8s_cri::v1::{
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
     PodSandboxMetadata, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -154,7 +154,7 @@ impl Cri {
         &mut self,
         id: &str,
         cmd: &[&str],
-    ) -> std::result::Result<(), tonic::Status> {
+    ) -> std::result::Result<(i32, String), tonic::Status> {
         self.runtime
             .exec_sync(ExecSyncRequest {
                 container_id: id.to_string(),
@@ -162,7 +162,22 @@ impl Cri {
                 timeout: 10,
             })
             .await
-            .map(|_| ())
+            .map(|r| {
+                let r = r.into_inner();
+                (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+            })
+    }
+
+    /// StopContainer, with a grace period of `timeout` seconds before SIGKILL.
+    pub async fn stop_container(&mut self, id: &str, timeout: i64) -> Result<()> {
+        self.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout,
+            })
+            .await
+            .with_context(|| format!("StopContainer {id}"))?;
+        Ok(())
     }
 
     pub async fn status(&mut self, id: &str) -> Result<ContainerStatus> {

@@ -84,8 +84,9 @@ pub struct CriOptions {
 
 /// The namespace containerd's CRI plugin works in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
-/// The sandbox image CRI tests use: the shim runs the pod's sandbox too.
-pub const CRI_SANDBOX_IMAGE: &str = "docker.io/wasmtime-examples/sleep:latest";
+/// The sandbox image CRI tests use: a static Linux pause program, which the
+/// wasm shim hands to runc, as it would Kubernetes' own pause image.
+pub const CRI_SANDBOX_IMAGE: &str = "docker.io/wasmtime-examples/pause:latest";
 
 fn cri_config(v3: bool, dir: &Path, opts: &CriOptions) -> Result<String> {
     let certs = dir.join("certs.d");
@@ -141,8 +142,11 @@ impl Containerd {
     /// with the sandbox image imported.
     pub fn start_cri(opts: &CriOptions) -> Result<Self> {
         let cd = Self::start_with(Some(opts))?;
-        let tar = examples_dir().join("images/sleep.tar");
-        cd.import_tar(&tar)?;
+        // The sandbox (a Linux binary, which the shim hands to runc), and a
+        // wasm guest that sleeps.
+        for image in ["pause", "sleep"] {
+            cd.import(image)?;
+        }
         Ok(cd)
     }
 
