@@ -20,6 +20,7 @@ PACKAGES=(
   skopeo
   busybox-static
   util-linux
+  python3-venv
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }
@@ -34,7 +35,23 @@ for pkg in "${PACKAGES[@]}"; do
   fi
 done
 
+# kubernetes-validate (PyPI), which checks deploy/kubernetes against the
+# Kubernetes schemas offline, in a private venv under target/tools.
+install_kubernetes_validate() {
+  local root venv
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  venv="$root/target/tools/kv-venv"
+  [[ -x "$venv/bin/kubernetes-validate" ]] && return 0
+  command -v python3 >/dev/null 2>&1 || die "python3 not found (needed for kubernetes-validate)"
+  echo "install-deps: installing kubernetes-validate into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv" || die "python3 -m venv failed: apt-get install python3-venv"
+  "$venv/bin/pip" install -q "kubernetes-validate==1.37.0" </dev/null >&2 ||
+    die "pip install kubernetes-validate failed"
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
+  install_kubernetes_validate
   exit 0
 fi
 
@@ -68,4 +85,5 @@ for pkg in "${missing[@]}"; do
 done
 [[ ${#still[@]} -eq 0 ]] || die "still not installed after apt-get install: ${still[*]}"
 
+install_kubernetes_validate
 echo "install-deps: done" >&2

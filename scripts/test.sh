@@ -28,8 +28,8 @@ bash scripts/install-deps.sh </dev/null
 step "fetching containerd versions"
 mapfile -t VERSIONS < <(bash scripts/fetch-containerd.sh)
 
-step "building the shim and the oci-artifact CLI"
-cargo build --release --locked -p shim-wasmtime -p oci-artifact
+step "building the shim, the oci-artifact CLI and the node installer"
+cargo build --release --locked -p shim-wasmtime -p oci-artifact -p node-installer
 
 step "building example guests and images"
 bash examples/build.sh >/dev/null

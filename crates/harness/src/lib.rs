@@ -39,13 +39,13 @@ pub fn examples_dir() -> PathBuf {
     workspace().join("target/examples")
 }
 
-fn shim_bin_dir() -> PathBuf {
+pub fn shim_bin_dir() -> PathBuf {
     std::env::var_os("SHIM_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/release"))
 }
 
-fn containerd_bin_dir() -> PathBuf {
+pub fn containerd_bin_dir() -> PathBuf {
     std::env::var_os("CONTAINERD_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin"))
@@ -72,6 +72,16 @@ pub struct Containerd {
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// How a containerd is configured.
+enum Setup<'a> {
+    /// CRI off.
+    Plain,
+    /// CRI on, with the settings this machine needs.
+    Cri(&'a CriOptions),
+    /// CRI on, with a config the caller writes.
+    CriConfig(Box<dyn FnOnce(&Path) -> Result<String> + 'a>),
+}
 
 /// How to configure containerd's CRI plugin, for tests that drive CRI.
 #[derive(Debug, Clone, Default)]
@@ -135,13 +145,24 @@ fn cri_config(v3: bool, dir: &Path, opts: &CriOptions) -> Result<String> {
 impl Containerd {
     /// Starts a containerd (CRI disabled) and waits until it answers.
     pub fn start() -> Result<Self> {
-        Self::start_with(None)
+        Self::start_with(Setup::Plain)
     }
 
     /// Starts a containerd with its CRI plugin, working in namespace `k8s.io`,
     /// with the sandbox image imported.
     pub fn start_cri(opts: &CriOptions) -> Result<Self> {
-        let cd = Self::start_with(Some(opts))?;
+        Self::start_cri_setup(Setup::Cri(opts))
+    }
+
+    /// Starts a containerd with CRI on a config the caller writes, given the
+    /// containerd's private folder. `--root`, `--state` and `--address` are
+    /// still the private ones.
+    pub fn start_cri_with_config(config: impl FnOnce(&Path) -> Result<String>) -> Result<Self> {
+        Self::start_cri_setup(Setup::CriConfig(Box::new(config)))
+    }
+
+    fn start_cri_setup(setup: Setup<'_>) -> Result<Self> {
+        let cd = Self::start_with(setup)?;
         // The sandbox (a Linux binary, which the shim hands to runc), and a
         // wasm guest that sleeps.
         for image in ["pause", "sleep"] {
@@ -150,7 +171,7 @@ impl Containerd {
         Ok(cd)
     }
 
-    fn start_with(cri: Option<&CriOptions>) -> Result<Self> {
+    fn start_with(setup: Setup<'_>) -> Result<Self> {
         let bin_dir = containerd_bin_dir();
         let containerd = bin_dir.join("containerd");
         let version_out = Command::new(&containerd)
@@ -179,8 +200,11 @@ impl Containerd {
         std::fs::create_dir_all(dir.join("bin"))?;
         std::os::unix::fs::symlink(&shim, dir.join("bin").join(SHIM_BINARY))?;
 
-        let config = if let Some(opts) = cri {
+        let cri = !matches!(setup, Setup::Plain);
+        let config = if let Setup::Cri(opts) = setup {
             cri_config(major >= '2', &dir, opts)?
+        } else if let Setup::CriConfig(write) = setup {
+            write(&dir)?
         } else if major >= '2' {
             format!(
                 "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.nri.v1.nri\"]\n\
@@ -197,7 +221,7 @@ impl Containerd {
         std::fs::write(dir.join("config.toml"), config)?;
         let socket = dir.join("c.sock");
         let child = spawn_containerd(&containerd, &dir, &socket, &bin_dir)?;
-        let namespace = if cri.is_some() {
+        let namespace = if cri {
             CRI_NAMESPACE.to_string()
         } else {
             namespace
