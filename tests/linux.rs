@@ -116,3 +116,41 @@ fn a_linux_sidecar_and_a_wasm_guest_share_one_shim() -> Result<()> {
     cd.kill_and_remove("guest")?;
     cd.assert_clean()
 }
+
+#[test]
+fn a_killed_wasm_shim_takes_its_linux_containers_down_cleanly() -> Result<()> {
+    let cd = Containerd::start()?;
+    let busybox = cd.import("busybox")?;
+    let sidecar = cd.run_detached(
+        "side-k9",
+        &[
+            "--runtime",
+            RUNTIME,
+            "--label",
+            GROUP,
+            &busybox,
+            "side-k9",
+            "/busybox",
+            "sleep",
+            "600",
+        ],
+    )?;
+    let shims = cd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) };
+
+    // containerd runs `shim delete`, which has runc's shim kill and delete
+    // the container and then shut down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{sidecar}")).exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the sidecar still runs after its shim died"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = cd.ctr(&["tasks", "delete", "side-k9"]);
+    cd.ctr(&["containers", "delete", "side-k9"])?.ok()?;
+    cd.assert_clean()
+}

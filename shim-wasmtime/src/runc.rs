@@ -22,7 +22,7 @@ use containerd_shim::TtrpcContext;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::{self, r#async::Client};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::lifecycle::error::{Error, Kind, ResultExt};
 
@@ -36,10 +36,10 @@ const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 
 /// A file in a handed-over container's bundle: `shim delete` after a crash
 /// passes the cleanup on to the runc shim too.
-const MARKER: &str = "wasmtime-runc-delegate.json";
+const MARKER: &str = "wasmtime-handed-to-runc";
 
 /// How to run the runc shim's command line, as containerd would.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Launcher {
     pub binary: PathBuf,
     pub namespace: String,
@@ -154,9 +154,9 @@ struct Output {
     stderr: Vec<u8>,
 }
 
-/// Runs a command to its end. The shim reaps every child on SIGCHLD (its
-/// tasks' runc processes included), so the exit status comes from the
-/// shim library's exit monitor, not from `waitpid` on the child.
+/// Runs a command to its end. The shim library reaps every child on SIGCHLD
+/// (in the server and in `shim delete` alike), so the exit status comes
+/// from its exit monitor, not from `waitpid` on the child.
 async fn output(cmd: &mut tokio::process::Command) -> std::io::Result<Output> {
     use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
     use containerd_shim::monitor::{Subject, Topic};
@@ -255,14 +255,26 @@ impl RuncShim {
         method: &str,
         req: &Req,
     ) -> ttrpc::Result<Resp> {
+        self.call_with(ctx.timeout_nano, ctx.metadata.clone(), method, req)
+            .await
+    }
+
+    /// A call of the shim's own (no containerd request behind it).
+    async fn call_with<Req: Message, Resp: Message>(
+        &self,
+        timeout_nano: i64,
+        metadata: HashMap<String, Vec<String>>,
+        method: &str,
+        req: &Req,
+    ) -> ttrpc::Result<Resp> {
         let payload = req
             .write_to_bytes()
             .map_err(|e| ttrpc::Error::Others(format!("encode {method}: {e}")))?;
         let request = ttrpc::Request {
             service: self.endpoint.service.to_string(),
             method: method.to_string(),
-            timeout_nano: ctx.timeout_nano,
-            metadata: ttrpc::context::to_pb(ctx.metadata.clone()),
+            timeout_nano,
+            metadata: ttrpc::context::to_pb(metadata),
             payload,
             ..Default::default()
         };
@@ -295,7 +307,13 @@ pub fn explain(id: &str, err: ttrpc::Error) -> ttrpc::Error {
 pub struct Delegates {
     launcher: Option<Launcher>,
     shims: Mutex<HashMap<String, Arc<RuncShim>>>,
-    containers: Mutex<HashMap<String, Arc<RuncShim>>>,
+    containers: Mutex<HashMap<String, Handed>>,
+}
+
+/// A container handed to runc.
+struct Handed {
+    shim: Arc<RuncShim>,
+    bundle: PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -315,7 +333,7 @@ impl Delegates {
 
     /// The runc shim a container was handed to.
     pub fn get(&self, id: &str) -> Option<Arc<RuncShim>> {
-        lock(&self.containers).get(id).cloned()
+        lock(&self.containers).get(id).map(|h| h.shim.clone())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -343,9 +361,12 @@ impl Delegates {
         let shim = self.connect(endpoint).await?;
         // Our runtime options are not runc's: runc gets its defaults.
         req.options.clear();
-        let marker = serde_json::to_vec(launcher).unwrap_or_default();
-        let _ = std::fs::write(bundle.join(MARKER), marker);
-        lock(&self.containers).insert(id.clone(), shim.clone());
+        let _ = std::fs::write(bundle.join(MARKER), b"");
+        let handed = Handed {
+            shim: shim.clone(),
+            bundle,
+        };
+        lock(&self.containers).insert(id.clone(), handed);
         let res: ttrpc::Result<api::CreateTaskResponse> = shim.call(ctx, "Create", &req).await;
         match &res {
             Ok(r) => tracing::info!(
@@ -377,12 +398,14 @@ impl Delegates {
     /// Drops a deleted (or failed) container. A runc shim left with no
     /// container of ours is asked to shut down, as containerd would.
     pub async fn forget(&self, ctx: &TtrpcContext, id: &str) {
-        let Some(shim) = lock(&self.containers).remove(id) else {
+        let Some(Handed { shim, bundle }) = lock(&self.containers).remove(id) else {
             return;
         };
+        // runc is done with it: `shim delete` has nothing to pass on.
+        let _ = std::fs::remove_file(bundle.join(MARKER));
         let in_use = lock(&self.containers)
             .values()
-            .any(|s| Arc::ptr_eq(s, &shim));
+            .any(|h| Arc::ptr_eq(&h.shim, &shim));
         if in_use {
             return;
         }
@@ -399,17 +422,32 @@ impl Delegates {
     }
 }
 
-/// `shim delete` for a bundle whose container was handed to runc: runc's
-/// shim cleans it up. None when the bundle was ours.
-pub async fn delete_after_crash(id: &str, bundle: &Path) -> Option<api::DeleteResponse> {
-    let marker = std::fs::read(bundle.join(MARKER)).ok()?;
-    let launcher: Launcher = match serde_json::from_slice(&marker) {
-        Ok(l) => l,
-        Err(err) => {
-            tracing::warn!(id, "unreadable {MARKER}: {err}");
-            return None;
-        }
+/// `shim delete` for a bundle whose container was handed to runc and not
+/// deleted, after this shim died: the group's runc shim (listening on
+/// `runc_socket`) still runs the container, so it is asked to kill, delete
+/// and, with nothing left, shut down, as containerd would have. If it is
+/// gone, runc shim's own `delete` cleans up what it can. None when the
+/// bundle's container was not handed to runc.
+pub async fn delete_after_crash(
+    id: &str,
+    bundle: &Path,
+    launcher: Option<Launcher>,
+    runc_socket: &str,
+) -> Option<api::DeleteResponse> {
+    if !bundle.join(MARKER).exists() {
+        return None;
+    }
+    let Some(launcher) = launcher else {
+        tracing::warn!(
+            id,
+            "handed to runc, but no {RUNC_SHIM} is found to clean it up"
+        );
+        return None;
     };
+    match stop_in_runc_shim(runc_socket, id).await {
+        Ok(res) => return Some(res),
+        Err(err) => tracing::warn!(id, "asking the runc shim to delete: {err:#}"),
+    }
     match launcher.delete(id, bundle).await {
         Ok(res) => Some(res),
         Err(err) => {
@@ -417,6 +455,64 @@ pub async fn delete_after_crash(id: &str, bundle: &Path) -> Option<api::DeleteRe
             None
         }
     }
+}
+
+async fn stop_in_runc_shim(address: &str, id: &str) -> anyhow::Result<api::DeleteResponse> {
+    const SECOND: i64 = 1_000_000_000;
+    // containerd 2.x's runc shim serves v3, 1.x's v2: ask v3 first.
+    let client = Client::connect(address).await?;
+    let mut shim = RuncShim {
+        client,
+        endpoint: Endpoint {
+            address: address.to_string(),
+            service: "containerd.task.v3.Task",
+        },
+    };
+    let probe = api::StateRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let state: ttrpc::Result<api::StateResponse> = shim
+        .call_with(5 * SECOND, HashMap::new(), "State", &probe)
+        .await;
+    if let Err(ttrpc::Error::RpcStatus(s)) = &state {
+        if s.code() == ttrpc::Code::UNIMPLEMENTED {
+            shim.endpoint.service = "containerd.task.v2.Task";
+        }
+    }
+    let id = id.to_string();
+    let kill = api::KillRequest {
+        id: id.clone(),
+        signal: libc::SIGKILL as u32,
+        all: true,
+        ..Default::default()
+    };
+    // It may have stopped already: then only Delete matters.
+    let _: ttrpc::Result<api::Empty> = shim
+        .call_with(5 * SECOND, HashMap::new(), "Kill", &kill)
+        .await;
+    let wait = api::WaitRequest {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let _: ttrpc::Result<api::WaitResponse> = shim
+        .call_with(10 * SECOND, HashMap::new(), "Wait", &wait)
+        .await;
+    let delete = api::DeleteRequest {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let res: api::DeleteResponse = shim
+        .call_with(10 * SECOND, HashMap::new(), "Delete", &delete)
+        .await?;
+    let shutdown = api::ShutdownRequest {
+        id,
+        ..Default::default()
+    };
+    let _: ttrpc::Result<api::Empty> = shim
+        .call_with(5 * SECOND, HashMap::new(), "Shutdown", &shutdown)
+        .await;
+    Ok(res)
 }
 
 #[cfg(test)]

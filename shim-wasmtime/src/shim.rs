@@ -40,19 +40,24 @@ pub struct WasmtimeShim {
     address: String,
     bundle: String,
     id: String,
+    publish_binary: String,
     debug: bool,
     exit: Arc<ExitSignal>,
 }
 
 /// The group a container's shim serves: a pod's sandbox id, or the container's own id.
 async fn grouping(id: &str) -> String {
-    let spec = match containerd_shim::asynchronous::util::read_spec("").await {
-        Ok(spec) => spec,
+    match containerd_shim::asynchronous::util::read_spec("").await {
+        Ok(spec) => group_of(&spec, id),
         Err(err) => {
             tracing::warn!(%err, "cannot read config.json to group the shim; using the container id");
-            return id.to_string();
+            id.to_string()
         }
-    };
+    }
+}
+
+/// The group of a container with this spec, as runc's shim computes it too.
+fn group_of(spec: &oci_spec::runtime::Spec, id: &str) -> String {
     spec.annotations()
         .as_ref()
         .and_then(|a| GROUP_LABELS.iter().find_map(|l| a.get(*l)))
@@ -89,6 +94,7 @@ impl Shim for WasmtimeShim {
             address: args.address.clone(),
             bundle: args.bundle.clone(),
             id: args.id.clone(),
+            publish_binary: args.publish_binary.clone(),
             debug: args.debug,
             exit: Arc::new(ExitSignal::default()),
         }
@@ -117,11 +123,31 @@ impl Shim for WasmtimeShim {
         } else {
             PathBuf::from(&self.bundle)
         };
-        if let Some(res) = runc::delete_after_crash(&self.id, &bundle).await {
+        let launcher = runc::Launcher::find(&self.publish_binary).map(|binary| runc::Launcher {
+            binary,
+            namespace: self.namespace.clone(),
+            address: self.address.clone(),
+            publish_binary: self.publish_binary.clone(),
+            debug: self.debug,
+        });
+        let spec = containerd_shim::asynchronous::util::read_spec(&bundle)
+            .await
+            .ok();
+        // Where the group's runc shim listens: runc hashes the bare group id.
+        let runc_socket = containerd_shim::socket_address(
+            &self.address,
+            &self.namespace,
+            &spec
+                .as_ref()
+                .map(|s| group_of(s, &self.id))
+                .unwrap_or_else(|| self.id.clone()),
+        );
+        if let Some(res) = runc::delete_after_crash(&self.id, &bundle, launcher, &runc_socket).await
+        {
             return Ok(res);
         }
         rootfs::unmount(&rootfs::path(&bundle)).await;
-        if let Ok(spec) = containerd_shim::asynchronous::util::read_spec(&bundle).await {
+        if let Some(spec) = spec {
             if let Some(path) = spec
                 .linux()
                 .as_ref()

@@ -80,8 +80,11 @@ enum Setup<'a> {
     /// CRI on, with the settings this machine needs.
     Cri(&'a CriOptions),
     /// CRI on, with a config the caller writes.
-    CriConfig(Box<dyn FnOnce(&Path) -> Result<String> + 'a>),
+    CriConfig(WriteConfig<'a>),
 }
+
+/// Writes a containerd config, given containerd's private folder.
+type WriteConfig<'a> = Box<dyn FnOnce(&Path) -> Result<String> + 'a>;
 
 /// How to configure containerd's CRI plugin, for tests that drive CRI.
 #[derive(Debug, Clone, Default)]
