@@ -2,11 +2,23 @@
 //! that containerd opens in the bundle folder and copies into its own log;
 //! the short-lived `start` and `delete` commands write to stderr, which
 //! containerd reports when they fail. `RUST_LOG` overrides the level.
+//!
+//! A shim outlives the bundle it started in when it is shared (a pod's, or a
+//! namespace's in shared mode): containerd opens a `log` FIFO for every
+//! container's bundle, so the server moves its log to a live one with
+//! [`follow`].
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+
+/// Where the server's log lines go: the `log` FIFO of one bundle.
+static TARGET: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
 
 pub fn init(server: bool, debug: bool) {
     // The compiler's own debug output is thousands of lines per module: keep it out.
@@ -20,12 +32,62 @@ pub fn init(server: bool, debug: bool) {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
-    let fifo = server
-        .then(|| OpenOptions::new().write(true).open("log").ok())
-        .flatten();
     // A second init (tests, or a logger already set) is harmless: ignore it.
-    let _ = match fifo {
-        Some(file) => builder.with_writer(Mutex::new(file)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+    let _ = if server && follow(Path::new(".")) {
+        builder.with_writer(FifoWriter).try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
     };
+}
+
+/// Sends the log to `bundle`'s `log` FIFO from now on, if containerd reads
+/// it. Returns whether it does.
+pub fn follow(bundle: &Path) -> bool {
+    // Non-blocking open: it fails at once when no one reads the FIFO.
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(bundle.join("log"));
+    let Ok(file) = file else {
+        return false;
+    };
+    let dir = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+    *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = Some((dir, file));
+    true
+}
+
+/// Whether the log goes to this bundle's FIFO.
+pub fn follows(bundle: &Path) -> bool {
+    TARGET
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|(dir, _)| dir == bundle)
+}
+
+struct FifoWriter;
+
+/// One log line's writer. A full FIFO (containerd not reading) drops the
+/// line rather than stall the shim.
+struct Line;
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some((_, file)) = TARGET.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = file.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for FifoWriter {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line
+    }
 }

@@ -39,7 +39,10 @@ pub struct TaskService {
     cgroup_tried: std::sync::atomic::AtomicBool,
     tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
     /// Linux containers (a pod's pause container, sidecars), run by runc.
-    delegates: Delegates,
+    delegates: Arc<Delegates>,
+    lifetime: Lifetime,
+    /// Creates so far: a lingering shim that saw one stays.
+    creates: Arc<std::sync::atomic::AtomicU64>,
     events: Events,
     exit: Arc<ExitSignal>,
 }
@@ -51,6 +54,20 @@ pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
         nanos: d.subsec_nanos() as i32,
         ..Default::default()
     }
+}
+
+/// How the shim ends once it has no task left, and what it may join.
+#[derive(Debug, Clone, Default)]
+pub struct Lifetime {
+    /// How long to stay up without a task before exiting: a shared shim
+    /// stays warm for the next container. Zero exits at once.
+    pub linger: std::time::Duration,
+    /// Join the first container's cgroup. Not for a shim shared by
+    /// unrelated containers, whose limits Wasmtime enforces per task.
+    pub join_cgroup: bool,
+    /// The shim's socket, unlinked before a lingering shim exits so that no
+    /// new container is sent to a shim on its way out.
+    pub socket: Option<PathBuf>,
 }
 
 /// Who runs a container, decided in Create.
@@ -91,12 +108,15 @@ impl TaskService {
     pub fn new(
         runtime: Arc<dyn Runtime>,
         delegates: Delegates,
+        lifetime: Lifetime,
         events: Events,
         exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
             runtime,
-            delegates,
+            delegates: Arc::new(delegates),
+            lifetime,
+            creates: Arc::default(),
             pumps: Pumps::default(),
             cgroup: Mutex::default(),
             cgroup_tried: std::sync::atomic::AtomicBool::new(false),
@@ -121,6 +141,8 @@ impl TaskService {
     /// entrypoint is a Linux executable (the rootfs is then unmounted again,
     /// for runc's shim mounts it itself), else the wasm engine.
     async fn route(&self, req: &api::CreateTaskRequest) -> Result<Route> {
+        self.creates
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let id = &req.id;
         if self.tasks().contains_key(id) || self.delegates.get(id).is_some() {
             return Err(Error::new(
@@ -260,9 +282,10 @@ impl TaskService {
     /// Joins the first container's cgroup, once per shim. A failure is
     /// logged: the task still runs, only outside the cgroup.
     fn join_cgroup(&self, spec: &Spec, limits: Limits) {
-        if self
-            .cgroup_tried
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        if !self.lifetime.join_cgroup
+            || self
+                .cgroup_tried
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             return;
         }
@@ -351,7 +374,16 @@ impl TaskService {
         if let Some(rootfs) = &task.mounted_rootfs {
             rootfs::unmount(rootfs).await;
         }
-        self.tasks().remove(&req.id);
+        let other = {
+            let mut tasks = self.tasks();
+            tasks.remove(&req.id);
+            tasks.values().next().map(|t| t.bundle.clone())
+        };
+        if let Some(other) = other {
+            if crate::logging::follows(&task.bundle) {
+                crate::logging::follow(&other);
+            }
+        }
         self.events.send(TaskDelete {
             container_id: task.id.clone(),
             id: task.id.clone(),
@@ -458,6 +490,12 @@ impl TaskApi for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let id = req.id.clone();
+        let bundle = Path::new(&req.bundle);
+        if !crate::logging::follows(bundle) {
+            // A shared shim logs through its newest container's bundle: the
+            // one it started in may be gone.
+            crate::logging::follow(bundle);
+        }
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
             Ok(Route::Runc) => return self.delegates.create(ctx, req).await,
@@ -609,12 +647,47 @@ impl TaskApi for TaskService {
                 .take();
             let exit = self.exit.clone();
             let pumps = self.pumps.clone();
+            let lifetime = self.lifetime.clone();
+            let still_idle = {
+                let (tasks, delegates, creates) = (
+                    self.tasks.clone(),
+                    self.delegates.clone(),
+                    self.creates.clone(),
+                );
+                let seen = creates.load(std::sync::atomic::Ordering::SeqCst);
+                move || {
+                    tasks
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_empty()
+                        && delegates.is_empty()
+                        && creates.load(std::sync::atomic::Ordering::SeqCst) == seen
+                }
+            };
             tokio::spawn(async move {
                 pumps.idle(std::time::Duration::from_secs(12)).await;
                 if let Some(joining) = joining {
                     if let Ok(Some(m)) = joining.await {
                         let _ = tokio::task::spawn_blocking(move || m.leave()).await;
                     }
+                }
+                if !lifetime.linger.is_zero() {
+                    tokio::time::sleep(lifetime.linger).await;
+                    if !still_idle() {
+                        return;
+                    }
+                    // No new container may find us from here on; one whose
+                    // `start` found the socket just before has connected
+                    // within the grace below, and is served.
+                    if let Some(socket) = &lifetime.socket {
+                        let _ = std::fs::remove_file(socket);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if !still_idle() {
+                        tracing::info!("a task came as the shim was leaving: serving it");
+                        return;
+                    }
+                    tracing::info!("idle for {:?}, exiting", lifetime.linger);
                 }
                 exit.signal();
             });

@@ -24,9 +24,21 @@ use containerd_shim_protos::protobuf::MessageField;
 use crate::lifecycle::events::Events;
 use crate::lifecycle::rootfs;
 use crate::runc;
-use crate::service::TaskService;
+use crate::service::{Lifetime, TaskService};
 use crate::wasm::content::ContentStore;
 use crate::wasm::WasmtimeRuntime;
+
+/// `WASMTIME_SHIM_SHARED=1` in containerd's environment: containers that name
+/// no pod or group share one shim per namespace, which stays up
+/// `WASMTIME_SHIM_LINGER_MS` (default 30 s) after its last task, warm for the
+/// next. Such a shim joins no container's cgroup.
+const ENV_SHARED: &str = "WASMTIME_SHIM_SHARED";
+const ENV_LINGER_MS: &str = "WASMTIME_SHIM_LINGER_MS";
+/// Set by `start` for a server that serves the shared group.
+const ENV_SERVES_SHARED: &str = "WASMTIME_SHIM_SERVES_SHARED";
+const DEFAULT_LINGER_MS: u64 = 30_000;
+/// The group of the shared shim.
+const SHARED_GROUP: &str = "io.containerd.wasmtime.v1.shared";
 
 /// Annotations that put containers into one shim, in order of precedence.
 const GROUP_LABELS: [&str; 2] = [
@@ -40,29 +52,40 @@ pub struct WasmtimeShim {
     address: String,
     bundle: String,
     id: String,
+    socket: String,
     publish_binary: String,
     debug: bool,
     exit: Arc<ExitSignal>,
 }
 
-/// The group a container's shim serves: a pod's sandbox id, or the container's own id.
-async fn grouping(id: &str) -> String {
-    match containerd_shim::asynchronous::util::read_spec("").await {
-        Ok(spec) => group_of(&spec, id),
+/// The group a container's shim serves: a pod's sandbox id, a group label,
+/// the namespace's shared shim (in shared mode), or the container's own id.
+/// True when it is the shared one.
+async fn grouping(id: &str) -> (String, bool) {
+    let spec = match containerd_shim::asynchronous::util::read_spec("").await {
+        Ok(spec) => spec,
         Err(err) => {
             tracing::warn!(%err, "cannot read config.json to group the shim; using the container id");
-            id.to_string()
+            return (id.to_string(), false);
         }
+    };
+    if labelled_group(&spec).is_none() && std::env::var(ENV_SHARED).is_ok_and(|v| v == "1") {
+        return (SHARED_GROUP.to_string(), true);
     }
+    (group_of(&spec, id), false)
 }
 
 /// The group of a container with this spec, as runc's shim computes it too.
 fn group_of(spec: &oci_spec::runtime::Spec, id: &str) -> String {
+    labelled_group(spec).unwrap_or_else(|| id.to_string())
+}
+
+/// The pod or group a spec's annotations name.
+fn labelled_group(spec: &oci_spec::runtime::Spec) -> Option<String> {
     spec.annotations()
         .as_ref()
         .and_then(|a| GROUP_LABELS.iter().find_map(|l| a.get(*l)))
         .cloned()
-        .unwrap_or_else(|| id.to_string())
 }
 
 /// Every task's files are this process's descriptors: take the hard limit.
@@ -94,6 +117,7 @@ impl Shim for WasmtimeShim {
             address: args.address.clone(),
             bundle: args.bundle.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
             publish_binary: args.publish_binary.clone(),
             debug: args.debug,
             exit: Arc::new(ExitSignal::default()),
@@ -103,15 +127,29 @@ impl Shim for WasmtimeShim {
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         // Our own socket name for the group: runc's shim, which runs the
         // pod's Linux containers, hashes the bare group id.
-        let group = format!("{}/wasmtime", grouping(&opts.id).await);
+        let (group, shared) = grouping(&opts.id).await;
+        let group = format!("{group}/wasmtime");
+        // The group's shim already runs (a pod's, or the shared one): hand
+        // containerd its address, without starting a server only to find that.
+        let existing = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
+        if let Some(path) = existing.strip_prefix("unix://") {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                containerd_shim::asynchronous::util::write_str_to_file("address", &existing)
+                    .await?;
+                return Ok(existing);
+            }
+        }
         let runc = runc::Launcher::find(&opts.publish_binary)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let publish_binary = opts.publish_binary.clone();
-        let vars = vec![
+        let mut vars = vec![
             (runc::ENV_RUNC_SHIM, runc.as_str()),
             (runc::ENV_PUBLISH_BINARY, publish_binary.as_str()),
         ];
+        if shared {
+            vars.push((ENV_SERVES_SHARED, "1"));
+        }
         let address = spawn(opts, &group, vars).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
@@ -170,7 +208,6 @@ impl Shim for WasmtimeShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = Events::spawn(publisher, self.namespace.clone());
-        let started = std::time::Instant::now();
         raise_fd_limit();
         let settings = crate::wasm::engine::Settings::from_env();
         tracing::info!(?settings, "engine settings");
@@ -178,22 +215,29 @@ impl Shim for WasmtimeShim {
             address: PathBuf::from(&self.address),
             namespace: self.namespace.clone(),
         });
-        let runtime = match WasmtimeRuntime::new(&settings, content) {
-            Ok(r) => r,
-            Err(err) => {
-                // Without an engine the shim can do nothing; say why and stop.
-                tracing::error!("{err:#}");
-                std::process::exit(1);
+        let runtime = WasmtimeRuntime::new(settings, content);
+        let runc = runc::Launcher::from_env(&self.namespace, &self.address, self.debug);
+        let lifetime = if std::env::var(ENV_SERVES_SHARED).is_ok_and(|v| v == "1") {
+            let linger_ms = std::env::var(ENV_LINGER_MS)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_LINGER_MS);
+            tracing::info!(linger_ms, "the namespace's shared shim");
+            Lifetime {
+                linger: std::time::Duration::from_millis(linger_ms),
+                join_cgroup: false,
+                socket: self.socket.strip_prefix("unix://").map(PathBuf::from),
+            }
+        } else {
+            Lifetime {
+                join_cgroup: true,
+                ..Default::default()
             }
         };
-        tracing::info!(
-            init_us = started.elapsed().as_micros() as u64,
-            "engine ready"
-        );
-        let runc = runc::Launcher::from_env(&self.namespace, &self.address, self.debug);
         TaskService::new(
             Arc::new(runtime),
             runc::Delegates::new(runc),
+            lifetime,
             events,
             self.exit.clone(),
         )

@@ -41,6 +41,7 @@ const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 /// The wasm shim's module cache folder; unset so each containerd's shims
 /// use their default, inside that containerd's state folder.
 const CACHE_DIR_ENV: &str = "WASMTIME_SHIM_CACHE_DIR";
+const SHARED_ENV: &str = "WASMTIME_SHIM_SHARED";
 
 /// Benchmark the wasmtime shim against runc on the same containerd.
 ///
@@ -80,6 +81,11 @@ struct Cli {
     /// A small configuration for CI (explicit options still win).
     #[arg(long)]
     quick: bool,
+    /// Run the private containerd's wasm shims in shared mode
+    /// (WASMTIME_SHIM_SHARED=1): one warm shim per namespace for containers
+    /// of no pod, instead of one per container.
+    #[arg(long)]
+    shared: bool,
     /// Snapshotter to prepare root filesystems with.
     #[arg(long, default_value = "overlayfs")]
     snapshotter: String,
@@ -109,6 +115,12 @@ impl Cli {
             first_runs: self.first_runs.unwrap_or(if q { 2 } else { 3 }),
             cached_runs: self.cached_runs.unwrap_or(if q { 3 } else { 5 }),
             quick: q,
+            shim_mode: if self.shared {
+                "shared"
+            } else {
+                "per-container"
+            }
+            .to_string(),
         }
     }
 }
@@ -118,6 +130,11 @@ fn main() -> ExitCode {
     // Before any thread exists: the shims containerd starts inherit this
     // environment, and the first-start measure needs their default cache.
     std::env::remove_var(CACHE_DIR_ENV);
+    if cli.shared {
+        std::env::set_var(SHARED_ENV, "1");
+    } else {
+        std::env::remove_var(SHARED_ENV);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -341,7 +341,12 @@ async fn idle_round(b: &Bench, w: &Workload, k: usize) -> Result<memory::Total> 
         }
         let wanted: HashSet<String> = ids.iter().cloned().collect();
         let shims = memory::shim_pids(&w.shim_binary, b.api.namespace(), &wanted)?;
-        if shims.is_empty() {
+        // A shared shim (WASMTIME_SHIM_SHARED=1) was started for another
+        // container, so no `-id` names these; its pid is their task pid.
+        let tasks_are_shims = task_pids
+            .iter()
+            .all(|&p| memory::runs_binary(p, &w.shim_binary));
+        if shims.is_empty() && !tasks_are_shims {
             bail!(
                 "no {} process serves these containers in namespace {}",
                 w.shim_binary,

@@ -108,6 +108,14 @@ pub fn is_shim_of(argv: &[String], binary: &str, namespace: &str, ids: &HashSet<
         && flag(argv, "id").is_some_and(|id| ids.contains(id))
 }
 
+/// Whether process `pid` runs `binary` (by its argv[0]'s file name).
+pub fn runs_binary(pid: u32, binary: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+        let argv0 = raw.split(|&b| b == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(argv0).rsplit('/').next() == Some(binary)
+    })
+}
+
 /// Pids of the shim processes serving `ids` in `namespace`.
 pub fn shim_pids(binary: &str, namespace: &str, ids: &HashSet<String>) -> Result<Vec<u32>> {
     let mut pids = Vec::new();

@@ -79,11 +79,12 @@ pub fn table(r: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "wasm-bench {} · containerd {} ({}) · namespace {} · {}",
+        "wasm-bench {} · containerd {} ({}) · namespace {} · wasm shim {} · {}",
         r.tool_version,
         r.containerd.version,
         r.containerd.address,
         r.containerd.namespace,
+        r.config.shim_mode,
         r.timestamp
     );
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
@@ -358,6 +359,7 @@ mod tests {
                 first_runs: 1,
                 cached_runs: 2,
                 quick: true,
+                shim_mode: "per-container".into(),
             },
             measures: vec![
                 Measure::new(

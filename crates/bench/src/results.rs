@@ -137,6 +137,8 @@ pub struct RunConfig {
     pub first_runs: usize,
     pub cached_runs: usize,
     pub quick: bool,
+    /// How the private containerd runs wasm shims: "per-container" or "shared".
+    pub shim_mode: String,
 }
 
 /// A measure that could not be completed, and why.

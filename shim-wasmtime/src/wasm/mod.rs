@@ -22,21 +22,56 @@ use self::module::Format;
 use crate::lifecycle::{GuestIo, Prepared, Running, Runtime, TaskSpec, Usage};
 
 pub struct WasmtimeRuntime {
-    engine: Arc<WasmEngine>,
+    /// Built in the background as the shim starts, so that the shim answers
+    /// containerd (and containerd sends Create) meanwhile; Create waits for it.
+    engine: Arc<tokio::sync::OnceCell<Arc<WasmEngine>>>,
+    settings: engine::Settings,
     /// Where artifacts' modules are read from, when the rootfs has none.
     content: Option<content::ContentStore>,
 }
 
 impl WasmtimeRuntime {
-    pub fn new(
-        settings: &engine::Settings,
-        content: Option<content::ContentStore>,
-    ) -> Result<Self> {
-        Ok(Self {
-            engine: Arc::new(WasmEngine::new(settings)?),
+    /// Starts building the engine on a blocking thread. Call inside tokio.
+    pub fn new(settings: engine::Settings, content: Option<content::ContentStore>) -> Self {
+        let runtime = Self {
+            engine: Arc::default(),
+            settings,
             content,
-        })
+        };
+        let (cell, settings) = (runtime.engine.clone(), runtime.settings.clone());
+        tokio::spawn(async move {
+            if let Err(err) = init_engine(&cell, settings).await {
+                tracing::error!("{err:#}");
+            }
+        });
+        runtime
     }
+
+    async fn engine(&self) -> Result<Arc<WasmEngine>> {
+        init_engine(&self.engine, self.settings.clone()).await
+    }
+}
+
+/// The engine, built once. A failure is returned to the Create that waited
+/// for it, and the next Create tries again.
+async fn init_engine(
+    cell: &tokio::sync::OnceCell<Arc<WasmEngine>>,
+    settings: engine::Settings,
+) -> Result<Arc<WasmEngine>> {
+    cell.get_or_try_init(|| async move {
+        let started = std::time::Instant::now();
+        let engine = tokio::task::spawn_blocking(move || WasmEngine::new(&settings))
+            .await
+            .context("engine setup panicked")?
+            .context("set up the Wasmtime engine")?;
+        tracing::info!(
+            init_us = started.elapsed().as_micros() as u64,
+            "engine ready"
+        );
+        Ok(Arc::new(engine))
+    })
+    .await
+    .cloned()
 }
 
 /// The image a container names in its annotations, if any.
@@ -93,6 +128,7 @@ impl Runtime for WasmtimeRuntime {
             (Err(err), _, _) => return Err(err),
         };
         let digest = engine::sha256(&bytes);
+        let engine = self.engine().await?;
 
         match module::classify(&bytes).with_context(|| format!("module {module_path}"))? {
             Format::CoreModule => {}
@@ -100,8 +136,7 @@ impl Runtime for WasmtimeRuntime {
                 "module {module_path} is a WebAssembly component; this shim runs core modules (WASI preview 1) only"
             ),
         }
-        let pre = self
-            .engine
+        let pre = engine
             .instance_pre(digest, Arc::new(bytes))
             .await
             .with_context(|| format!("module {module_path}"))?;
@@ -113,7 +148,7 @@ impl Runtime for WasmtimeRuntime {
             "prepared"
         );
         Ok(Box::new(WasmPrepared(Guest {
-            engine: self.engine.engine.clone(),
+            engine: engine.engine.clone(),
             pre,
             module_path,
             args,
