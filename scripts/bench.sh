@@ -49,6 +49,13 @@ status=0
 # The table goes to the log and to $OUT/table.txt; pipefail keeps
 # wasm-bench's exit status (tee's is 0).
 target/release/wasm-bench --quick --out "$OUT" "${extra[@]}" | tee "$OUT/table.txt" || status=$?
+# The same in shared mode (one warm shim per namespace), beside it.
+if [[ $status -eq 0 ]]; then
+    step "running wasm-bench --quick --shared (results in $OUT/shared)"
+    mkdir -p "$OUT/shared"
+    target/release/wasm-bench --quick --shared --out "$OUT/shared" "${extra[@]}" |
+        tee "$OUT/shared/table.txt" || status=$?
+fi
 
 case $status in
     0)
