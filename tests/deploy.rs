@@ -2,6 +2,7 @@
 //! containerd on the result and running a pod through CRI with the handler,
 //! and the Kubernetes manifests, validated against the Kubernetes schemas.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -77,6 +78,8 @@ async fn the_installer_edits_a_real_config_that_containerd_then_serves() -> Resu
     let config = tmp.path().join("etc/containerd/config.toml");
     std::fs::create_dir_all(config.parent().context("folder")?)?;
     std::fs::write(&config, &original)?;
+    // A config may hold registry credentials: its mode must survive the edit.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
     let bin_dir = tmp.path().join("bin");
     let shim = harness::shim_bin_dir().join(harness::SHIM_BINARY);
     let (config_s, bin_s, shim_s) = (
@@ -100,6 +103,10 @@ async fn the_installer_edits_a_real_config_that_containerd_then_serves() -> Resu
 
     let out = installer(&args("install"))?;
     assert!(out.contains("runtime wasmtime added"), "{out}");
+    assert_eq!(
+        std::fs::metadata(&config)?.permissions().mode() & 0o777,
+        0o600
+    );
     let installed_shim: PathBuf = bin_dir.join(harness::SHIM_BINARY);
     assert_eq!(std::fs::read(&installed_shim)?, std::fs::read(&shim)?);
     let edited = std::fs::read_to_string(&config)?;

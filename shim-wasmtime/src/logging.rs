@@ -5,8 +5,9 @@
 //!
 //! A shim outlives the bundle it started in when it is shared (a pod's, or a
 //! namespace's in shared mode): containerd opens a `log` FIFO for every
-//! container's bundle, so the server moves its log to a live one with
-//! [`follow`].
+//! container's bundle, so the server moves its log to a live one: when the
+//! container it logs through is deleted, and when a Create finds that
+//! container's bundle gone.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -54,6 +55,18 @@ pub fn follow(bundle: &Path) -> bool {
     let dir = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
     *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = Some((dir, file));
     true
+}
+
+/// Sends the log to `bundle`'s FIFO if the bundle it goes to is gone.
+pub fn follow_if_gone(bundle: &Path) {
+    let gone = TARGET
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_none_or(|(dir, _)| !dir.exists());
+    if gone {
+        follow(bundle);
+    }
 }
 
 /// Whether the log goes to this bundle's FIFO.

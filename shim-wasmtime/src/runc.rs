@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim::TtrpcContext;
 use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::{self, r#async::Client};
 use serde::Deserialize;
@@ -33,6 +34,9 @@ pub const ENV_RUNC_SHIM: &str = "WASMTIME_SHIM_RUNC_SHIM";
 
 /// The runc shim's binary name, as containerd names it.
 const RUNC_SHIM: &str = "containerd-shim-runc-v2";
+
+/// The runc shim's working folder inside a bundle (see [`Launcher::start`]).
+const RUNC_WORK_DIR: &str = "runc-shim";
 
 /// A file in a handed-over container's bundle: `shim delete` after a crash
 /// passes the cleanup on to the runc shim too.
@@ -67,7 +71,7 @@ impl Launcher {
 
     /// What the server was told by `start`, if a runc shim was found.
     pub fn from_env(namespace: &str, address: &str, debug: bool) -> Option<Self> {
-        let binary = PathBuf::from(std::env::var_os(ENV_RUNC_SHIM)?);
+        let binary = PathBuf::from(std::env::var_os(ENV_RUNC_SHIM).filter(|b| !b.is_empty())?);
         Some(Self {
             binary,
             namespace: namespace.to_string(),
@@ -94,19 +98,33 @@ impl Launcher {
         cmd
     }
 
-    /// `containerd-shim-runc-v2 … start` in the bundle: finds or starts the
-    /// runc shim of this container's group and returns its address and the
-    /// Task API service it serves.
+    /// `containerd-shim-runc-v2 … start`: finds or starts the runc shim of
+    /// this container's group and returns its address and the Task API
+    /// service it serves.
+    ///
+    /// It runs in a folder of its own inside the bundle, with a copy of
+    /// `config.json` (for the grouping annotations) and a link to the
+    /// bundle's `log` FIFO, not in the bundle:
+    /// runc's `start` writes its `address` and `shim.pid` into its working
+    /// folder, where the bundle has ours (containerd must keep talking to
+    /// us), and the runc shim, as it exits, removes the socket that its
+    /// folder's `address` names, which must be its own.
     async fn start(&self, id: &str, bundle: &Path) -> crate::lifecycle::error::Result<Endpoint> {
-        // runc's `start` writes its own address and pid into the bundle,
-        // where ours already are: containerd must keep talking to us.
-        let keep = ["address", "shim.pid"].map(|f| (f, std::fs::read(bundle.join(f)).ok()));
-        let out = output(self.command(id, bundle).arg("start")).await;
-        for (file, content) in keep {
-            if let Some(content) = content {
-                let _ = std::fs::write(bundle.join(file), content);
-            }
+        let work = bundle.join(RUNC_WORK_DIR);
+        tokio::fs::create_dir_all(&work)
+            .await
+            .kind(Kind::Internal, format!("create {}", work.display()))?;
+        tokio::fs::copy(bundle.join("config.json"), work.join("config.json"))
+            .await
+            .kind(Kind::Internal, "copy config.json for the runc shim")?;
+        // Its server logs into `log` in its folder: containerd's FIFO.
+        let log = work.join("log");
+        if tokio::fs::symlink_metadata(&log).await.is_err() {
+            tokio::fs::symlink("../log", &log)
+                .await
+                .kind(Kind::Internal, "link the runc shim's log")?;
         }
+        let out = output(self.command(id, &work).arg("start")).await;
         let out = out.kind(
             Kind::Internal,
             format!("run {} start", self.binary.display()),
@@ -306,8 +324,17 @@ pub fn explain(id: &str, err: ttrpc::Error) -> ttrpc::Error {
 #[derive(Default)]
 pub struct Delegates {
     launcher: Option<Launcher>,
-    shims: Mutex<HashMap<String, Arc<RuncShim>>>,
-    containers: Mutex<HashMap<String, Handed>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Connections, by the runc shim's address.
+    shims: HashMap<String, Arc<RuncShim>>,
+    containers: HashMap<String, Handed>,
+    /// Creates between `start` and their entry above: while any is, no runc
+    /// shim is told to shut down, as it may be the one they were given.
+    pending: usize,
 }
 
 /// A container handed to runc.
@@ -318,6 +345,33 @@ struct Handed {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// runc's options for a container: its defaults, except the cgroup driver,
+/// which the spec's cgroups path tells (`slice:prefix:name` is systemd's,
+/// as the kubelet's systemd driver makes them). Our own runtime options
+/// mean nothing to runc.
+fn runc_options(bundle: &Path) -> Option<Any> {
+    let spec = std::fs::read(bundle.join("config.json")).ok()?;
+    let spec: oci_spec::runtime::Spec = serde_json::from_slice(&spec).ok()?;
+    let path = spec.linux().as_ref()?.cgroups_path().clone()?;
+    let path = path.to_string_lossy();
+    let systemd = !path.starts_with('/') && path.split(':').count() == 3;
+    // containerd.runc.v1.Options, field 9 (systemd_cgroup) = true.
+    systemd.then(|| Any {
+        type_url: "containerd.runc.v1.Options".to_string(),
+        value: vec![9 << 3, 1],
+        ..Default::default()
+    })
+}
+
+/// Whether a failed call means the runc shim no longer knows the container
+/// (or is gone): then there is nothing left to ask it.
+fn is_gone(err: &ttrpc::Error) -> bool {
+    match err {
+        ttrpc::Error::RpcStatus(s) => s.code() == ttrpc::Code::NOT_FOUND,
+        _ => true,
+    }
 }
 
 impl Delegates {
@@ -333,11 +387,21 @@ impl Delegates {
 
     /// The runc shim a container was handed to.
     pub fn get(&self, id: &str) -> Option<Arc<RuncShim>> {
-        lock(&self.containers).get(id).map(|h| h.shim.clone())
+        lock(&self.state).containers.get(id).map(|h| h.shim.clone())
+    }
+
+    /// The bundles of the containers handed to runc.
+    pub fn bundles(&self) -> Vec<PathBuf> {
+        lock(&self.state)
+            .containers
+            .values()
+            .map(|h| h.bundle.clone())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        lock(&self.containers).is_empty()
+        let state = lock(&self.state);
+        state.containers.is_empty() && state.pending == 0
     }
 
     /// Hands a Create to the runc shim of the container's group.
@@ -357,16 +421,25 @@ impl Delegates {
         };
         let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
-        let endpoint = launcher.start(&id, &bundle).await?;
-        let shim = self.connect(endpoint).await?;
-        // Our runtime options are not runc's: runc gets its defaults.
-        req.options.clear();
-        let _ = std::fs::write(bundle.join(MARKER), b"");
-        let handed = Handed {
-            shim: shim.clone(),
-            bundle,
+        lock(&self.state).pending += 1;
+        let connected = async {
+            let endpoint = launcher.start(&id, &bundle).await?;
+            self.connect(endpoint).await
+        }
+        .await;
+        let shim = {
+            let mut state = lock(&self.state);
+            state.pending -= 1;
+            let shim = connected?;
+            let handed = Handed {
+                shim: shim.clone(),
+                bundle: bundle.clone(),
+            };
+            state.containers.insert(id.clone(), handed);
+            shim
         };
-        lock(&self.containers).insert(id.clone(), handed);
+        req.options = runc_options(&bundle).into();
+        let _ = std::fs::write(bundle.join(MARKER), b"");
         let res: ttrpc::Result<api::CreateTaskResponse> = shim.call(ctx, "Create", &req).await;
         match &res {
             Ok(r) => tracing::info!(
@@ -381,7 +454,7 @@ impl Delegates {
     }
 
     async fn connect(&self, endpoint: Endpoint) -> ttrpc::Result<Arc<RuncShim>> {
-        if let Some(shim) = lock(&self.shims).get(&endpoint.address) {
+        if let Some(shim) = lock(&self.state).shims.get(&endpoint.address) {
             return Ok(shim.clone());
         }
         let client = Client::connect(&endpoint.address).await?;
@@ -389,35 +462,92 @@ impl Delegates {
             endpoint: endpoint.clone(),
             client,
         });
-        Ok(lock(&self.shims)
+        Ok(lock(&self.state)
+            .shims
             .entry(endpoint.address)
             .or_insert(shim)
             .clone())
     }
 
-    /// Drops a deleted (or failed) container. A runc shim left with no
-    /// container of ours is asked to shut down, as containerd would.
-    pub async fn forget(&self, ctx: &TtrpcContext, id: &str) {
-        let Some(Handed { shim, bundle }) = lock(&self.containers).remove(id) else {
-            return;
-        };
-        // runc is done with it: `shim delete` has nothing to pass on.
-        let _ = std::fs::remove_file(bundle.join(MARKER));
-        let in_use = lock(&self.containers)
-            .values()
-            .any(|h| Arc::ptr_eq(&h.shim, &shim));
-        if in_use {
-            return;
+    /// Delete, forwarded. If the runc shim no longer knows the container (it
+    /// died, say), runc's own `delete` cleans up what is left, and the
+    /// container is forgotten either way, so that this shim can still exit.
+    pub async fn delete(
+        &self,
+        ctx: &TtrpcContext,
+        shim: &RuncShim,
+        req: &api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        let res = shim.call(ctx, "Delete", req).await;
+        if !req.exec_id.is_empty() {
+            return res;
         }
-        lock(&self.shims).remove(&shim.endpoint.address);
+        let res = match res {
+            Err(err) if is_gone(&err) => {
+                tracing::warn!(
+                    id = req.id,
+                    "runc shim cannot delete it ({err}): cleaning up after it"
+                );
+                let bundle = lock(&self.state)
+                    .containers
+                    .get(&req.id)
+                    .map(|h| h.bundle.clone());
+                lock(&self.state).shims.remove(&shim.endpoint.address);
+                match (&self.launcher, bundle) {
+                    (Some(launcher), Some(bundle)) => launcher
+                        .delete(&req.id, &bundle)
+                        .await
+                        .map_err(|e| ttrpc::Error::Others(format!("{e:#}"))),
+                    _ => Err(err),
+                }
+            }
+            other => other,
+        };
+        self.forget(ctx, &req.id).await;
+        res.map_err(|e| explain(&req.id, e))
+    }
+
+    /// Drops a deleted (or failed) container. A runc shim left with no
+    /// container of ours, and no Create on its way to it, is asked to shut
+    /// down, as containerd would.
+    pub async fn forget(&self, ctx: &TtrpcContext, id: &str) {
+        let unused = {
+            let mut state = lock(&self.state);
+            let Some(Handed { shim, bundle }) = state.containers.remove(id) else {
+                return;
+            };
+            // runc is done with it: `shim delete` has nothing to pass on.
+            let _ = std::fs::remove_file(bundle.join(MARKER));
+            let in_use = state.pending > 0
+                || state
+                    .containers
+                    .values()
+                    .any(|h| Arc::ptr_eq(&h.shim, &shim));
+            if in_use {
+                return;
+            }
+            state.shims.remove(&shim.endpoint.address);
+            shim
+        };
         let req = api::ShutdownRequest {
             id: id.to_string(),
             ..Default::default()
         };
         // The runc shim exits while answering, so a closed connection is success.
-        let res: ttrpc::Result<api::Empty> = shim.call(ctx, "Shutdown", &req).await;
+        let res: ttrpc::Result<api::Empty> = unused.call(ctx, "Shutdown", &req).await;
         if let Err(err) = res {
             tracing::debug!(id, "runc shim shutdown: {err}");
+        }
+        // It removes its socket as it exits, unless the folder it started
+        // in (a bundle's) went first: then nothing else will.
+        if let Some(path) = unused.endpoint.address.strip_prefix("unix://") {
+            let path = PathBuf::from(path);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if tokio::net::UnixStream::connect(&path).await.is_err() {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+            });
         }
     }
 }
@@ -545,5 +675,20 @@ mod tests {
         assert!(Endpoint::parse("").is_err());
         assert!(Endpoint::parse(r#"{"version":3,"address":"x","protocol":"grpc"}"#).is_err());
         assert!(Endpoint::parse("{not json").is_err());
+    }
+
+    #[test]
+    fn runc_gets_the_systemd_driver_when_the_cgroups_path_is_systemds() {
+        let bundle = tempfile::tempdir().unwrap();
+        let write = |path: &str| {
+            let spec = format!(r#"{{"ociVersion":"1.0.2","linux":{{"cgroupsPath":"{path}"}}}}"#);
+            std::fs::write(bundle.path().join("config.json"), spec).unwrap();
+        };
+        write("kubepods-besteffort-pod1.slice:cri-containerd:abc");
+        let any = runc_options(bundle.path()).unwrap();
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
+        assert_eq!(any.value, vec![0x48, 1]);
+        write("/kubepods/besteffort/pod1/abc");
+        assert!(runc_options(bundle.path()).is_none());
     }
 }

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -41,8 +43,11 @@ pub struct TaskService {
     /// Linux containers (a pod's pause container, sidecars), run by runc.
     delegates: Arc<Delegates>,
     lifetime: Lifetime,
-    /// Creates so far: a lingering shim that saw one stays.
-    creates: Arc<std::sync::atomic::AtomicU64>,
+    /// Creates and Connects so far: an idle shim that saw one stays.
+    activity: Arc<AtomicU64>,
+    /// Set once the shim has decided to exit: Connect (which `start` calls
+    /// before it hands containerd this shim's address) is then refused.
+    closing: Arc<AtomicBool>,
     events: Events,
     exit: Arc<ExitSignal>,
 }
@@ -65,8 +70,8 @@ pub struct Lifetime {
     /// Join the first container's cgroup. Not for a shim shared by
     /// unrelated containers, whose limits Wasmtime enforces per task.
     pub join_cgroup: bool,
-    /// The shim's socket, unlinked before a lingering shim exits so that no
-    /// new container is sent to a shim on its way out.
+    /// The shim's socket, unlinked as the shim exits so that no new
+    /// container is sent to a shim on its way out.
     pub socket: Option<PathBuf>,
 }
 
@@ -116,7 +121,8 @@ impl TaskService {
             runtime,
             delegates: Arc::new(delegates),
             lifetime,
-            creates: Arc::default(),
+            activity: Arc::default(),
+            closing: Arc::default(),
             pumps: Pumps::default(),
             cgroup: Mutex::default(),
             cgroup_tried: std::sync::atomic::AtomicBool::new(false),
@@ -141,8 +147,7 @@ impl TaskService {
     /// entrypoint is a Linux executable (the rootfs is then unmounted again,
     /// for runc's shim mounts it itself), else the wasm engine.
     async fn route(&self, req: &api::CreateTaskRequest) -> Result<Route> {
-        self.creates
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.activity.fetch_add(1, SeqCst);
         let id = &req.id;
         if self.tasks().contains_key(id) || self.delegates.get(id).is_some() {
             return Err(Error::new(
@@ -374,14 +379,18 @@ impl TaskService {
         if let Some(rootfs) = &task.mounted_rootfs {
             rootfs::unmount(rootfs).await;
         }
-        let other = {
+        let others: Vec<PathBuf> = {
             let mut tasks = self.tasks();
             tasks.remove(&req.id);
-            tasks.values().next().map(|t| t.bundle.clone())
+            tasks.values().map(|t| t.bundle.clone()).collect()
         };
-        if let Some(other) = other {
-            if crate::logging::follows(&task.bundle) {
-                crate::logging::follow(&other);
+        if crate::logging::follows(&task.bundle) {
+            // containerd removes this bundle next: log through a live one.
+            let live = others.into_iter().chain(self.delegates.bundles());
+            for bundle in live {
+                if crate::logging::follow(&bundle) {
+                    break;
+                }
             }
         }
         self.events.send(TaskDelete {
@@ -491,11 +500,9 @@ impl TaskApi for TaskService {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let id = req.id.clone();
         let bundle = Path::new(&req.bundle);
-        if !crate::logging::follows(bundle) {
-            // A shared shim logs through its newest container's bundle: the
-            // one it started in may be gone.
-            crate::logging::follow(bundle);
-        }
+        // The bundle the log goes through may be gone (a shared shim
+        // outlives the container it started for): take this one's.
+        crate::logging::follow_if_gone(bundle);
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
             Ok(Route::Runc) => return self.delegates.create(ctx, req).await,
@@ -563,11 +570,7 @@ impl TaskApi for TaskService {
         let id = req.id.clone();
         tracing::info!(id, "delete");
         if let Some(runc) = self.delegates.get(&id) {
-            let res = runc.call(ctx, "Delete", &req).await;
-            if res.is_ok() && req.exec_id.is_empty() {
-                self.delegates.forget(ctx, &id).await;
-            }
-            return res;
+            return self.delegates.delete(ctx, &runc, &req).await;
         }
         reply("delete", &id, self.do_delete(req).await)
     }
@@ -620,6 +623,13 @@ impl TaskApi for TaskService {
         ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
+        // `start` asks before it hands containerd this shim for a new
+        // container: count it as activity, then refuse if exiting (in that
+        // order, against the exit's set-then-check: one of them sees the other).
+        self.activity.fetch_add(1, SeqCst);
+        if self.closing.load(SeqCst) {
+            return Err(Error::new(Kind::Unavailable, "the shim is exiting").into());
+        }
         forward_to_runc!(self, ctx, "Connect", req);
         let task_pid = self.get(&req.id).map(|t| t.pid).unwrap_or_default();
         Ok(api::ConnectResponse {
@@ -648,45 +658,52 @@ impl TaskApi for TaskService {
             let exit = self.exit.clone();
             let pumps = self.pumps.clone();
             let lifetime = self.lifetime.clone();
-            let still_idle = {
-                let (tasks, delegates, creates) = (
-                    self.tasks.clone(),
-                    self.delegates.clone(),
-                    self.creates.clone(),
-                );
-                let seen = creates.load(std::sync::atomic::Ordering::SeqCst);
-                move || {
-                    tasks
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .is_empty()
-                        && delegates.is_empty()
-                        && creates.load(std::sync::atomic::Ordering::SeqCst) == seen
-                }
+            let (tasks, delegates, activity, closing) = (
+                self.tasks.clone(),
+                self.delegates.clone(),
+                self.activity.clone(),
+                self.closing.clone(),
+            );
+            let idle = move || {
+                tasks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+                    && delegates.is_empty()
             };
             tokio::spawn(async move {
+                let mut seen = activity.load(SeqCst);
                 pumps.idle(std::time::Duration::from_secs(12)).await;
                 if let Some(joining) = joining {
                     if let Ok(Some(m)) = joining.await {
                         let _ = tokio::task::spawn_blocking(move || m.leave()).await;
                     }
                 }
+                // Stay while anyone came by during the last linger period.
+                loop {
+                    if !lifetime.linger.is_zero() {
+                        tokio::time::sleep(lifetime.linger).await;
+                    }
+                    if !idle() {
+                        return; // busy again: its last Shutdown comes back here
+                    }
+                    let now = activity.load(SeqCst);
+                    if now == seen {
+                        closing.store(true, SeqCst);
+                        if activity.load(SeqCst) == seen && idle() {
+                            break;
+                        }
+                        closing.store(false, SeqCst);
+                    }
+                    if lifetime.linger.is_zero() && !idle() {
+                        return;
+                    }
+                    seen = activity.load(SeqCst);
+                }
+                if let Some(socket) = &lifetime.socket {
+                    let _ = std::fs::remove_file(socket);
+                }
                 if !lifetime.linger.is_zero() {
-                    tokio::time::sleep(lifetime.linger).await;
-                    if !still_idle() {
-                        return;
-                    }
-                    // No new container may find us from here on; one whose
-                    // `start` found the socket just before has connected
-                    // within the grace below, and is served.
-                    if let Some(socket) = &lifetime.socket {
-                        let _ = std::fs::remove_file(socket);
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    if !still_idle() {
-                        tracing::info!("a task came as the shim was leaving: serving it");
-                        return;
-                    }
                     tracing::info!("idle for {:?}, exiting", lifetime.linger);
                 }
                 exit.signal();

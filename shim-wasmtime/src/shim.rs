@@ -88,6 +88,33 @@ fn labelled_group(spec: &oci_spec::runtime::Spec) -> Option<String> {
         .cloned()
 }
 
+/// Whether a shim serves `address` and takes a new container. One that is
+/// exiting refuses Connect and then removes its socket: wait for that, so
+/// that a fresh server can take the address.
+async fn running_shim(address: &str, id: &str) -> bool {
+    use containerd_shim_protos::shim_async::{Client, TaskClient};
+    for _ in 0..100 {
+        let Ok(client) = Client::connect(address).await else {
+            return false;
+        };
+        let req = api::ConnectRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let ctx = containerd_shim_protos::ttrpc::context::with_timeout(2_000_000_000);
+        match TaskClient::new(client).connect(ctx, &req).await {
+            Ok(_) => return true,
+            Err(containerd_shim_protos::ttrpc::Error::RpcStatus(s))
+                if s.code() == containerd_shim_protos::ttrpc::Code::UNAVAILABLE =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Every task's files are this process's descriptors: take the hard limit.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
@@ -132,12 +159,9 @@ impl Shim for WasmtimeShim {
         // The group's shim already runs (a pod's, or the shared one): hand
         // containerd its address, without starting a server only to find that.
         let existing = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
-        if let Some(path) = existing.strip_prefix("unix://") {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                containerd_shim::asynchronous::util::write_str_to_file("address", &existing)
-                    .await?;
-                return Ok(existing);
-            }
+        if running_shim(&existing, &opts.id).await {
+            containerd_shim::asynchronous::util::write_str_to_file("address", &existing).await?;
+            return Ok(existing);
         }
         let runc = runc::Launcher::find(&opts.publish_binary)
             .map(|p| p.to_string_lossy().into_owned())
@@ -231,6 +255,7 @@ impl Shim for WasmtimeShim {
         } else {
             Lifetime {
                 join_cgroup: true,
+                socket: self.socket.strip_prefix("unix://").map(PathBuf::from),
                 ..Default::default()
             }
         };

@@ -200,6 +200,8 @@ fn edit_config(
     edit: impl FnOnce(&mut DocumentMut) -> Result<bool>,
 ) -> Result<bool> {
     let path = opts.on_host(&opts.config);
+    // A symlinked config is edited where it points, and stays a link.
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
     let shown = opts.config.display();
     let mut doc = match std::fs::read_to_string(&path) {
         Ok(text) => text
@@ -229,11 +231,37 @@ fn edit_config(
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let tmp = path.with_extension("toml.wasmtime-tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("write {shown}"))?;
+    if let Err(err) = write_like(&tmp, text.as_bytes(), &path).and_then(|()| {
+        std::fs::rename(&tmp, &path)?;
+        // The rename itself, durable.
+        std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all()
+    }) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("write {shown}"));
+    }
     println!("{shown}: runtime {} {done}", opts.handler);
     Ok(true)
+}
+
+/// Writes `bytes` to `tmp`, durably, with the mode and owner of `like` (the
+/// file it replaces: a config may hold registry credentials and be 0600).
+fn write_like(tmp: &Path, bytes: &[u8], like: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let old = std::fs::metadata(like).ok();
+    let mode = old.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    if let Some(m) = &old {
+        std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.sync_all()
 }
 
 /// Runs a command on the host: directly when this process sees the host's

@@ -52,8 +52,56 @@ pub fn candidates(arg0: &str, cwd: &str, env: &[String]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The first candidate for `args[0]` that exists in `root`: its path relative
-/// to the rootfs and its metadata (symlinks followed, inside the rootfs).
+/// How many symlinks one lookup may follow, as Linux's limit (ELOOP).
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves `rel` inside `root` the way the path would resolve inside the
+/// container: every symlink is followed, an absolute target starts again at
+/// the rootfs (not the host's `/`), and `..` stops at the rootfs. The result
+/// names no symlink, so opening it through `root` cannot leave the rootfs.
+pub fn resolve(root: &Dir, rel: &Path) -> std::io::Result<PathBuf> {
+    let mut done = PathBuf::new();
+    let mut todo: Vec<std::ffi::OsString> = rel
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut followed = 0;
+    while let Some(part) = todo.pop() {
+        match Path::new(&part).components().next() {
+            Some(Component::Normal(name)) => {
+                let next = done.join(name);
+                let meta = root.symlink_metadata(&next)?;
+                if !meta.file_type().is_symlink() {
+                    done = next;
+                    continue;
+                }
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = root.read_link_contents(&next)?;
+                if target.is_absolute() {
+                    done = PathBuf::new();
+                }
+                todo.extend(
+                    target
+                        .components()
+                        .rev()
+                        .map(|c| c.as_os_str().to_os_string()),
+                );
+            }
+            Some(Component::ParentDir) => {
+                done.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(done)
+}
+
+/// The first candidate for `args[0]` that exists in `root`: its resolved
+/// path relative to the rootfs (see [`resolve`]) and its metadata.
 pub fn find(
     root: &Dir,
     arg0: &str,
@@ -61,17 +109,23 @@ pub fn find(
     env: &[String],
 ) -> std::io::Result<Option<(PathBuf, Metadata)>> {
     for rel in candidates(arg0, cwd, env) {
-        if rel.as_os_str().is_empty() {
-            // The rootfs itself: report it, so the caller says it is no file.
-            return Ok(Some((rel, root.dir_metadata()?)));
-        }
-        match root.metadata(&rel) {
-            Ok(m) => return Ok(Some((rel, m))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+        let resolved = match resolve(root, &rel) {
+            Ok(r) => r,
+            // Not there, or a PATH folder that is no folder: try the next.
+            Err(e) if is_absent(&e) => continue,
             Err(e) => return Err(e),
+        };
+        if resolved.as_os_str().is_empty() {
+            // The rootfs itself: report it, so the caller says it is no file.
+            return Ok(Some((resolved, root.dir_metadata()?)));
         }
+        return Ok(Some((resolved.clone(), root.symlink_metadata(&resolved)?)));
     }
     Ok(None)
+}
+
+fn is_absent(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 /// Whether a file's first bytes make it something Linux executes natively:
@@ -174,6 +228,35 @@ mod tests {
                 "{arg0}"
             );
         }
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_rootfs_as_in_the_container() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let r = rootfs.path();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("bin/busybox"), b"\x7fELF\x02").unwrap();
+        // Alpine's layout: absolute links into the image.
+        std::os::unix::fs::symlink("/bin/busybox", r.join("bin/sh")).unwrap();
+        std::os::unix::fs::symlink("../../bin/busybox", r.join("usr/bin/env")).unwrap();
+        std::os::unix::fs::symlink("/../../../../bin/sh", r.join("deep")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        let root = Dir::open_ambient_dir(r, ambient_authority()).unwrap();
+        for link in ["bin/sh", "usr/bin/env", "deep"] {
+            assert_eq!(
+                resolve(&root, Path::new(link)).unwrap(),
+                PathBuf::from("bin/busybox"),
+                "{link}"
+            );
+        }
+        let err = resolve(&root, Path::new("loop")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        // PATH search skips a folder that is a file.
+        std::fs::write(r.join("notdir"), b"x").unwrap();
+        let env = vec!["PATH=/notdir:/bin".to_string()];
+        let (found, _) = find(&root, "sh", "/", &env).unwrap().unwrap();
+        assert_eq!(found, PathBuf::from("bin/busybox"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum Kind {
     FailedPrecondition,
     /// The call is not part of what this shim implements.
     Unimplemented,
+    /// The shim is exiting and takes nothing new.
+    Unavailable,
     /// Anything else: I/O, mounts, the engine.
     Internal,
 }
@@ -110,6 +112,7 @@ impl From<Error> for ttrpc::Error {
             Kind::AlreadyExists => ttrpc::Code::ALREADY_EXISTS,
             Kind::FailedPrecondition => ttrpc::Code::FAILED_PRECONDITION,
             Kind::Unimplemented => ttrpc::Code::UNIMPLEMENTED,
+            Kind::Unavailable => ttrpc::Code::UNAVAILABLE,
             Kind::Internal => ttrpc::Code::INTERNAL,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::{OutputStream, Pollable};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use super::mounts::Preopen;
@@ -157,13 +158,18 @@ pub struct Guest {
 }
 
 impl Guest {
-    fn wasi(&self, io: GuestIo) -> Result<WasiP1Ctx> {
+    /// The guest's WASI context, and handles on its stdout and stderr
+    /// streams for draining them once it ends.
+    fn wasi(&self, io: GuestIo) -> Result<(WasiP1Ctx, [Box<dyn OutputStream>; 2])> {
+        let stdout = AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout);
+        let stderr = AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr);
+        let drains = [stdout.p2_stream(), stderr.p2_stream()];
         let mut b = WasiCtxBuilder::new();
         b.args(&self.args)
             .envs(&self.env)
             .stdin(AsyncStdinStream::new(io.stdin))
-            .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout))
-            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr));
+            .stdout(stdout)
+            .stderr(stderr);
         for p in &self.preopens {
             let perms = if p.read_only {
                 FsPerms::ReadOnly
@@ -176,12 +182,12 @@ impl Guest {
         }
         let mut wasi = b.build_p1();
         wasi.ctx().table.set_max_capacity(MAX_HANDLES_PER_TASK);
-        Ok(wasi)
+        Ok((wasi, drains))
     }
 
     /// Instantiates the guest and returns the future that runs `_start`.
     pub async fn start(self, io: GuestIo) -> Result<Running> {
-        let wasi = self.wasi(io)?;
+        let (wasi, mut drains) = self.wasi(io)?;
         if let Some(limit) = self.memory_limit {
             self.usage.set_memory_limit(limit as u64);
         }
@@ -231,9 +237,24 @@ impl Guest {
             })?;
         Ok(Box::pin(async move {
             let result = start.call_async(&mut store, ()).await;
+            // Up to OUTPUT_BUDGET of what the guest wrote may still be on its
+            // way to the task's pipes: let it arrive before the task closes them.
+            for stream in &mut drains {
+                drain(stream).await;
+            }
             let refused = store.data().limiter.refused;
             exit_of(result, &path, refused)
         }))
+    }
+}
+
+/// How long an ended guest's last output may take to reach its pipes: a
+/// client that is not reading (yet) must not hold up the task's exit.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+async fn drain(stream: &mut Box<dyn OutputStream>) {
+    if stream.flush().is_ok() {
+        let _ = tokio::time::timeout(DRAIN_LIMIT, stream.ready()).await;
     }
 }
 
@@ -257,7 +278,18 @@ fn exit_of(result: wasmtime::Result<()>, path: &str, refused: Option<usize>) -> 
         ) => 128 + libc::SIGSEGV as u32,
         _ => TRAP_EXIT_CODE,
     };
-    let mut reason = format!("wasmtime: {path} failed: {err:?}");
+    // The message and its causes (the wasm backtrace is one), as `{:?}`
+    // would print them, but never a Rust backtrace: with RUST_BACKTRACE set
+    // in containerd's environment, symbolizing one costs the shim tens of
+    // MiB, enough to push it past a small memory limit.
+    let mut reason = format!("wasmtime: {path} failed: {err}");
+    let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        reason.push_str("\n\nCaused by:");
+        for cause in causes {
+            reason.push_str(&format!("\n    {cause}"));
+        }
+    }
     if format!("{err:#}").contains("resource table has no free keys") {
         reason.push_str(&format!(
             "\nnote: the guest holds more than {MAX_HANDLES_PER_TASK} open files and other handles, the limit per task"
