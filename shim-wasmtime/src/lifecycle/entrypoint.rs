@@ -128,10 +128,26 @@ fn is_absent(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
-/// Whether a file's first bytes make it something Linux executes natively:
-/// an ELF binary or a `#!` script.
+/// The ELF OS/ABI byte Wasmtime stamps on its compiled modules (`.cwasm`).
+const ELFOSABI_WASMTIME: u8 = 200;
+
+/// Whether a file's first bytes make it something Linux executes: a `#!`
+/// script, or an ELF executable or shared object (`e_type` EXEC or DYN).
+/// Other ELF files, Wasmtime's precompiled modules above all, are no
+/// program: the wasm engine refuses them with its own message.
 pub fn is_linux_executable_header(head: &[u8]) -> bool {
-    head.starts_with(b"\x7fELF") || head.starts_with(b"#!")
+    if head.starts_with(b"#!") {
+        return true;
+    }
+    if !head.starts_with(b"\x7fELF") || head.len() < 18 || head[7] == ELFOSABI_WASMTIME {
+        return false;
+    }
+    let e_type = match head[5] {
+        1 => u16::from_le_bytes([head[16], head[17]]),
+        2 => u16::from_be_bytes([head[16], head[17]]),
+        _ => return false,
+    };
+    matches!(e_type, 2 | 3)
 }
 
 /// Whether the spec's entrypoint is a Linux executable in `rootfs`: such a
@@ -156,10 +172,10 @@ pub fn is_linux_executable(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> boo
     if !meta.is_file() {
         return false;
     }
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 18];
     let read = root
         .open(&rel)
-        .and_then(|mut f| f.read(&mut head))
+        .and_then(|mut f| f.read_exact(&mut head).map(|()| head.len()))
         .unwrap_or(0);
     is_linux_executable_header(&head[..read])
 }
@@ -167,6 +183,28 @@ pub fn is_linux_executable(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 64-bit little-endian ELF header of type `e_type` and OS/ABI `abi`.
+    fn elf(e_type: u16, abi: u8) -> Vec<u8> {
+        let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, abi, 0, 0, 0, 0, 0, 0, 0, 0];
+        h.extend_from_slice(&e_type.to_le_bytes());
+        h.extend_from_slice(&[0x3e, 0]);
+        h
+    }
+
+    #[test]
+    fn elf_programs_are_told_from_other_elf_files() {
+        assert!(is_linux_executable_header(&elf(2, 0)));
+        assert!(is_linux_executable_header(&elf(3, 3)));
+        assert!(is_linux_executable_header(b"#!/bin/sh\n"));
+        // Relocatable objects, core dumps, Wasmtime's own compiled code,
+        // a bare or truncated header: no program.
+        assert!(!is_linux_executable_header(&elf(1, 0)));
+        assert!(!is_linux_executable_header(&elf(4, 0)));
+        assert!(!is_linux_executable_header(&elf(3, ELFOSABI_WASMTIME)));
+        assert!(!is_linux_executable_header(b"\x7fELF\x02\x01\x01"));
+        assert!(!is_linux_executable_header(b"\0asm\x01\0\0\0"));
+    }
 
     #[test]
     fn dotdot_cannot_climb_above_the_root() {
@@ -198,7 +236,7 @@ mod tests {
         let rootfs = tempfile::tempdir().unwrap();
         let bin = rootfs.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
-        std::fs::write(bin.join("sh"), b"\x7fELF\x02\x01\x01").unwrap();
+        std::fs::write(bin.join("sh"), elf(3, 0)).unwrap();
         std::fs::write(bin.join("run"), b"#!/bin/sh\necho hi\n").unwrap();
         std::fs::write(bin.join("app.wasm"), b"\0asm\x01\0\0\0").unwrap();
         std::os::unix::fs::symlink("/bin/sh", bin.join("link")).unwrap();
@@ -236,7 +274,7 @@ mod tests {
         let r = rootfs.path();
         std::fs::create_dir_all(r.join("bin")).unwrap();
         std::fs::create_dir_all(r.join("usr/bin")).unwrap();
-        std::fs::write(r.join("bin/busybox"), b"\x7fELF\x02").unwrap();
+        std::fs::write(r.join("bin/busybox"), elf(2, 0)).unwrap();
         // Alpine's layout: absolute links into the image.
         std::os::unix::fs::symlink("/bin/busybox", r.join("bin/sh")).unwrap();
         std::os::unix::fs::symlink("../../bin/busybox", r.join("usr/bin/env")).unwrap();
@@ -262,7 +300,7 @@ mod tests {
     #[test]
     fn symlinks_out_of_the_rootfs_are_not_followed() {
         let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("tool"), b"\x7fELF\x02").unwrap();
+        std::fs::write(outside.path().join("tool"), elf(2, 0)).unwrap();
         let rootfs = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path().join("tool"), rootfs.path().join("abs")).unwrap();
         let process = oci_spec::runtime::ProcessBuilder::default()
