@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::error::{Error, Kind, Result, ResultExt};
@@ -95,6 +96,27 @@ pub struct TaskIo {
     /// Set when the task is deleted: output pumps still waiting for a
     /// client give up.
     released: Arc<AtomicBool>,
+    /// Where each output pump is: see [`TaskIo::close_output`].
+    pumped: Vec<watch::Receiver<PumpState>>,
+}
+
+/// Where an output pump is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PumpState {
+    /// No client has opened the FIFO yet.
+    Waiting,
+    /// Copying into a client's FIFO.
+    Copying,
+    Done,
+}
+
+/// Sets a pump's state to Done however it ends.
+struct DoneOnDrop(watch::Sender<PumpState>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(PumpState::Done);
+    }
 }
 
 impl TaskIo {
@@ -107,10 +129,11 @@ impl TaskIo {
             ));
         }
         let released = Arc::new(AtomicBool::new(false));
-        let stdout = open_output(&paths.stdout, &released, pumps)
+        let mut pumped = Vec::new();
+        let stdout = open_output(&paths.stdout, &released, pumps, &mut pumped)
             .await
             .kind(Kind::Internal, "open stdout")?;
-        let stderr = open_output(&paths.stderr, &released, pumps)
+        let stderr = open_output(&paths.stderr, &released, pumps, &mut pumped)
             .await
             .kind(Kind::Internal, "open stderr")?;
         let (stdin, stdin_pump) = open_input(&paths.stdin);
@@ -121,7 +144,27 @@ impl TaskIo {
             stdin_path: paths.stdin.clone(),
             stdin_pump,
             released,
+            pumped,
         })
+    }
+
+    /// Ends the guest's output (its pumps see EOF) and returns a future that
+    /// resolves once every pump writing to a client has handed it all, or
+    /// `limit` has passed. A task reports its exit only then, as a process
+    /// would after its last write: clients (`ctr`) act on the exit at once
+    /// and lost the tail of a large output that was still on its way.
+    pub fn close_output(&mut self, limit: Duration) -> impl std::future::Future<Output = ()> {
+        self.stdout.close();
+        self.stderr.close();
+        let mut pumped = self.pumped.clone();
+        async move {
+            let all = async {
+                for rx in &mut pumped {
+                    let _ = rx.wait_for(|s| *s != PumpState::Copying).await;
+                }
+            };
+            let _ = tokio::time::timeout(limit, all).await;
+        }
     }
 
     /// Ends the guest's stdin (CloseIO): it reads EOF from now on.
@@ -147,7 +190,12 @@ impl Drop for TaskIo {
     }
 }
 
-async fn open_output(path: &str, released: &Arc<AtomicBool>, pumps: &Pumps) -> io::Result<Writer> {
+async fn open_output(
+    path: &str,
+    released: &Arc<AtomicBool>,
+    pumps: &Pumps,
+    pumped: &mut Vec<watch::Receiver<PumpState>>,
+) -> io::Result<Writer> {
     if path.is_empty() {
         return Ok(Writer::new(tokio::io::sink()));
     }
@@ -174,7 +222,9 @@ async fn open_output(path: &str, released: &Arc<AtomicBool>, pumps: &Pumps) -> i
     }
     let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
     let active = pumps.start();
-    let pump = pump_output(path.to_owned(), shim_end, released.clone());
+    let (state, watching) = watch::channel(PumpState::Waiting);
+    pumped.push(watching);
+    let pump = pump_output(path.to_owned(), shim_end, released.clone(), state);
     tokio::spawn(async move {
         pump.await;
         drop(active);
@@ -226,7 +276,13 @@ impl Pumps {
 /// How long an output pump still waits for a client after its task is deleted.
 const RELEASE_GRACE: Duration = Duration::from_secs(10);
 
-async fn pump_output(path: String, mut from: tokio::io::DuplexStream, released: Arc<AtomicBool>) {
+async fn pump_output(
+    path: String,
+    mut from: tokio::io::DuplexStream,
+    released: Arc<AtomicBool>,
+    state: watch::Sender<PumpState>,
+) {
+    let state = DoneOnDrop(state);
     // A non-blocking write-open succeeds only once a reader exists.
     //
     // A client may open its end late (ctr opens its FIFOs on goroutines,
@@ -261,6 +317,7 @@ async fn pump_output(path: String, mut from: tokio::io::DuplexStream, released: 
             }
         }
     };
+    state.0.send_replace(PumpState::Copying);
     // Our own read end keeps writes from failing if the client goes away.
     let keep_open = std::fs::OpenOptions::new()
         .read(true)
@@ -273,8 +330,9 @@ async fn pump_output(path: String, mut from: tokio::io::DuplexStream, released: 
             return;
         }
     };
-    if let Err(e) = tokio::io::copy(&mut from, &mut sender).await {
-        tracing::debug!(%path, err = %e, "output copy ended");
+    match tokio::io::copy(&mut from, &mut sender).await {
+        Ok(bytes) => tracing::debug!(%path, bytes, "output copied"),
+        Err(e) => tracing::debug!(%path, err = %e, "output copy ended"),
     }
     drop(keep_open);
 }

@@ -183,6 +183,8 @@ impl Task {
             if let Some(reason) = &exit.reason {
                 write_reason(&stderr, reason).await;
             }
+            let drained = lock(&task.io).close_output(OUTPUT_DRAIN_LIMIT);
+            drained.await;
             let status = ExitStatus {
                 code: exit.code,
                 at: SystemTime::now(),
@@ -264,6 +266,10 @@ impl Task {
         self.exit.send_replace(Some(status));
     }
 }
+
+/// How long an ended task's exit waits for its output to reach a client
+/// that is reading: one that is not must not hold it up for longer.
+const OUTPUT_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes why a guest ended to its stderr, without waiting on a client that
 /// has stopped reading.

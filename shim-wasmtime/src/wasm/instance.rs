@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::{OutputStream, Pollable};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use super::mounts::Preopen;
@@ -158,18 +157,15 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// The guest's WASI context, and handles on its stdout and stderr
-    /// streams for draining them once it ends.
-    fn wasi(&self, io: GuestIo) -> Result<(WasiP1Ctx, [Box<dyn OutputStream>; 2])> {
-        let stdout = AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout);
-        let stderr = AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr);
-        let drains = [stdout.p2_stream(), stderr.p2_stream()];
+    fn wasi(&self, io: GuestIo) -> Result<WasiP1Ctx> {
         let mut b = WasiCtxBuilder::new();
+        // WASI preview 1 writes to these with write-and-flush: a guest's
+        // write returns once its bytes are in the task's pipe.
         b.args(&self.args)
             .envs(&self.env)
             .stdin(AsyncStdinStream::new(io.stdin))
-            .stdout(stdout)
-            .stderr(stderr);
+            .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout))
+            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr));
         for p in &self.preopens {
             let perms = if p.read_only {
                 FsPerms::ReadOnly
@@ -182,12 +178,12 @@ impl Guest {
         }
         let mut wasi = b.build_p1();
         wasi.ctx().table.set_max_capacity(MAX_HANDLES_PER_TASK);
-        Ok((wasi, drains))
+        Ok(wasi)
     }
 
     /// Instantiates the guest and returns the future that runs `_start`.
     pub async fn start(self, io: GuestIo) -> Result<Running> {
-        let (wasi, mut drains) = self.wasi(io)?;
+        let wasi = self.wasi(io)?;
         if let Some(limit) = self.memory_limit {
             self.usage.set_memory_limit(limit as u64);
         }
@@ -237,24 +233,9 @@ impl Guest {
             })?;
         Ok(Box::pin(async move {
             let result = start.call_async(&mut store, ()).await;
-            // Up to OUTPUT_BUDGET of what the guest wrote may still be on its
-            // way to the task's pipes: let it arrive before the task closes them.
-            for stream in &mut drains {
-                drain(stream).await;
-            }
             let refused = store.data().limiter.refused;
             exit_of(result, &path, refused)
         }))
-    }
-}
-
-/// How long an ended guest's last output may take to reach its pipes: a
-/// client that is not reading (yet) must not hold up the task's exit.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-async fn drain(stream: &mut Box<dyn OutputStream>) {
-    if stream.flush().is_ok() {
-        let _ = tokio::time::timeout(DRAIN_LIMIT, stream.ready()).await;
     }
 }
 
