@@ -149,8 +149,8 @@ impl TaskIo {
     }
 
     /// Ends the guest's output (its pumps see EOF) and returns a future that
-    /// resolves once every pump writing to a client has handed it all, or
-    /// `limit` has passed. A task reports its exit only then, as a process
+    /// resolves once every pump has handed its client all, or `limit` has
+    /// passed (a quarter of it for a client not there yet). A task reports its exit only then, as a process
     /// would after its last write: clients (`ctr`) act on the exit at once
     /// and lost the tail of a large output that was still on its way.
     pub fn close_output(&mut self, limit: Duration) -> impl std::future::Future<Output = ()> {
@@ -158,12 +158,16 @@ impl TaskIo {
         self.stderr.close();
         let mut pumped = self.pumped.clone();
         async move {
-            let all = async {
-                for rx in &mut pumped {
-                    let _ = rx.wait_for(|s| *s != PumpState::Copying).await;
-                }
-            };
-            let _ = tokio::time::timeout(limit, all).await;
+            for rx in &mut pumped {
+                // A client that has not opened its FIFO yet (it opens them on
+                // goroutines, late under load) gets a shorter wait.
+                let limit = match *rx.borrow() {
+                    PumpState::Waiting => limit / 4,
+                    _ => limit,
+                };
+                let done = rx.wait_for(|s| *s == PumpState::Done);
+                let _ = tokio::time::timeout(limit, done).await;
+            }
         }
     }
 
