@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use harness::cri::{wait_log_line, Cri};
@@ -13,20 +14,20 @@ use toml_edit::{value, DocumentMut};
 
 const HANDLER: &str = "wasmtime";
 
+/// Runs a tool this test needs, with a hint on how to get it; returns
+/// whether it succeeded, and its stdout and stderr together.
+fn run_tool(bin: &Path, args: &[&str], hint: &str) -> Result<(bool, String)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    let out = harness::cmd::run(cmd, Duration::from_secs(120))
+        .with_context(|| format!("run {} ({hint})", bin.display()))?;
+    Ok((out.success(), format!("{}{}", out.stdout, out.stderr)))
+}
+
 fn installer(args: &[&str]) -> Result<String> {
     let bin = harness::shim_bin_dir().join("wasmtime-node-installer");
-    let out = Command::new(&bin).args(args).output().with_context(|| {
-        format!(
-            "run {} (cargo build --release -p node-installer)",
-            bin.display()
-        )
-    })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "installer {args:?} failed: {text}");
+    let (ok, text) = run_tool(&bin, args, "cargo build --release -p node-installer")?;
+    ensure!(ok, "installer {args:?} failed: {text}");
     Ok(text)
 }
 
@@ -185,22 +186,10 @@ fn the_kubernetes_manifests_validate() -> Result<()> {
     let tool = harness::workspace().join("target/tools/kv-venv/bin/kubernetes-validate");
     // The oldest Kubernetes still commonly run, and the newest the tool knows.
     for version in ["1.30.0", "1.37.0"] {
-        let out = Command::new(&tool)
-            .args(["--strict", "--kubernetes-version", version])
-            .args(&files)
-            .output()
-            .with_context(|| {
-                format!(
-                    "run {} (scripts/install-deps.sh installs it)",
-                    tool.display()
-                )
-            })?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "Kubernetes {version}: {text}");
+        let mut args = vec!["--strict", "--kubernetes-version", version];
+        args.extend(files.iter().filter_map(|f| f.to_str()));
+        let (ok, text) = run_tool(&tool, &args, "scripts/install-deps.sh installs it")?;
+        assert!(ok, "Kubernetes {version}: {text}");
         let passed = text.matches(" passed for resource ").count();
         assert!(passed >= files.len(), "Kubernetes {version}: {text}");
     }

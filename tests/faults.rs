@@ -4,11 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use harness::{Containerd, RUNTIME};
-
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
+use harness::{pid_alive, Containerd, RUNTIME};
 
 #[test]
 fn a_killed_shim_is_cleaned_up_by_containerd() -> Result<()> {

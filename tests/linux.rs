@@ -2,6 +2,8 @@
 //! so one runtime (and one Kubernetes RuntimeClass) serves a pod's pause
 //! container and sidecars beside its wasm containers.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use harness::{Containerd, RUNTIME};
 
@@ -106,13 +108,11 @@ fn a_linux_sidecar_and_a_wasm_guest_share_one_shim() -> Result<()> {
     // Killing the sidecar ends only the sidecar.
     cd.kill_and_remove("sidecar")?;
     cd.wait_status("guest", "RUNNING")?;
-    assert!(
-        cd.runc_shim_pids().is_empty() || {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            cd.runc_shim_pids().is_empty()
-        },
-        "the runc shim goes with its last container"
-    );
+    harness::wait_until(
+        Duration::from_secs(1),
+        "the runc shim goes with its last container",
+        || cd.runc_shim_pids().is_empty(),
+    )?;
     cd.kill_and_remove("guest")?;
     cd.assert_clean()
 }
@@ -142,14 +142,11 @@ fn a_killed_wasm_shim_takes_its_linux_containers_down_cleanly() -> Result<()> {
 
     // containerd runs `shim delete`, which has runc's shim kill and delete
     // the container and then shut down.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::path::Path::new(&format!("/proc/{sidecar}")).exists() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the sidecar still runs after its shim died"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    harness::wait_until(
+        Duration::from_secs(20),
+        "the sidecar still runs after its shim died",
+        || !harness::pid_alive(sidecar),
+    )?;
     let _ = cd.ctr(&["tasks", "delete", "side-k9"]);
     cd.ctr(&["containers", "delete", "side-k9"])?.ok()?;
     cd.assert_clean()

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use harness::{Containerd, RUNTIME};
 
 const LINGER_MS: u64 = 1500;
@@ -66,13 +66,10 @@ fn containers_share_one_warm_shim_that_exits_when_idle() -> Result<()> {
     let out = cd.run_rm(&hello, "late", &[])?.ok()?;
     assert_eq!(out.stdout, "Hello from WebAssembly!\n");
     assert_eq!(cd.shim_pids(), vec![a], "the warm shim served it");
-    while !cd.shim_pids().is_empty() {
-        ensure!(
-            idle_since.elapsed() < Duration::from_millis(LINGER_MS * 4 + 12_000),
-            "the idle shared shim did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let left = Duration::from_millis(LINGER_MS * 4 + 12_000).saturating_sub(idle_since.elapsed());
+    harness::wait_until(left, "the idle shared shim did not exit", || {
+        cd.shim_pids().is_empty()
+    })?;
     // And the next container starts a new one.
     let out = cd.run_rm(&hello, "after", &[])?.ok()?;
     assert_eq!(out.stdout, "Hello from WebAssembly!\n");

@@ -567,6 +567,24 @@ pub fn image_name(example: &str) -> String {
     format!("docker.io/wasmtime-examples/{example}:latest")
 }
 
+/// Whether a process exists.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Polls `done` every 20 ms until it holds; fails, saying `what`, once
+/// `limit` has passed.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("{what} (waited {limit:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Pids of processes whose argv contains all of `needles`.
 pub fn processes_with_args(needles: &[&str]) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
