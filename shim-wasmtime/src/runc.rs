@@ -45,11 +45,11 @@ const MARKER: &str = "wasmtime-handed-to-runc";
 /// How to run the runc shim's command line, as containerd would.
 #[derive(Debug, Clone)]
 pub struct Launcher {
-    pub binary: PathBuf,
-    pub namespace: String,
-    pub address: String,
-    pub publish_binary: String,
-    pub debug: bool,
+    binary: PathBuf,
+    namespace: String,
+    address: String,
+    publish_binary: String,
+    debug: bool,
 }
 
 impl Launcher {
@@ -72,13 +72,41 @@ impl Launcher {
     /// What the server was told by `start`, if a runc shim was found.
     pub fn from_env(namespace: &str, address: &str, debug: bool) -> Option<Self> {
         let binary = PathBuf::from(std::env::var_os(ENV_RUNC_SHIM).filter(|b| !b.is_empty())?);
-        Some(Self {
+        let publish_binary = std::env::var(ENV_PUBLISH_BINARY).unwrap_or_default();
+        Some(Self::new(
+            binary,
+            namespace,
+            address,
+            &publish_binary,
+            debug,
+        ))
+    }
+
+    /// The runc shim beside containerd's binary (or on PATH), for `shim delete`.
+    pub fn beside(
+        publish_binary: &str,
+        namespace: &str,
+        address: &str,
+        debug: bool,
+    ) -> Option<Self> {
+        let binary = Self::find(publish_binary)?;
+        Some(Self::new(binary, namespace, address, publish_binary, debug))
+    }
+
+    fn new(
+        binary: PathBuf,
+        namespace: &str,
+        address: &str,
+        publish_binary: &str,
+        debug: bool,
+    ) -> Self {
+        Self {
             binary,
             namespace: namespace.to_string(),
             address: address.to_string(),
-            publish_binary: std::env::var(ENV_PUBLISH_BINARY).unwrap_or_default(),
+            publish_binary: publish_binary.to_string(),
             debug,
-        })
+        }
     }
 
     fn command(&self, id: &str, bundle: &Path) -> tokio::process::Command {
@@ -277,7 +305,18 @@ impl RuncShim {
             .await
     }
 
-    /// A call of the shim's own (no containerd request behind it).
+    /// A call of the shim's own (no containerd request behind it), with a
+    /// limit in seconds.
+    async fn ask<Req: Message, Resp: Message>(
+        &self,
+        seconds: i64,
+        method: &str,
+        req: &Req,
+    ) -> ttrpc::Result<Resp> {
+        self.call_with(seconds * 1_000_000_000, HashMap::new(), method, req)
+            .await
+    }
+
     async fn call_with<Req: Message, Resp: Message>(
         &self,
         timeout_nano: i64,
@@ -588,29 +627,30 @@ pub async fn delete_after_crash(
 }
 
 async fn stop_in_runc_shim(address: &str, id: &str) -> anyhow::Result<api::DeleteResponse> {
-    const SECOND: i64 = 1_000_000_000;
     // containerd 2.x's runc shim serves v3, 1.x's v2: ask v3 first.
-    let client = Client::connect(address).await?;
     let mut shim = RuncShim {
-        client,
+        client: Client::connect(address).await?,
         endpoint: Endpoint {
             address: address.to_string(),
             service: "containerd.task.v3.Task",
         },
     };
-    let probe = api::StateRequest {
-        id: id.to_string(),
-        ..Default::default()
-    };
+    let id = id.to_string();
     let state: ttrpc::Result<api::StateResponse> = shim
-        .call_with(5 * SECOND, HashMap::new(), "State", &probe)
+        .ask(
+            5,
+            "State",
+            &api::StateRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+        )
         .await;
     if let Err(ttrpc::Error::RpcStatus(s)) = &state {
         if s.code() == ttrpc::Code::UNIMPLEMENTED {
             shim.endpoint.service = "containerd.task.v2.Task";
         }
     }
-    let id = id.to_string();
     let kill = api::KillRequest {
         id: id.clone(),
         signal: libc::SIGKILL as u32,
@@ -618,29 +658,36 @@ async fn stop_in_runc_shim(address: &str, id: &str) -> anyhow::Result<api::Delet
         ..Default::default()
     };
     // It may have stopped already: then only Delete matters.
-    let _: ttrpc::Result<api::Empty> = shim
-        .call_with(5 * SECOND, HashMap::new(), "Kill", &kill)
-        .await;
-    let wait = api::WaitRequest {
-        id: id.clone(),
-        ..Default::default()
-    };
+    let _: ttrpc::Result<api::Empty> = shim.ask(5, "Kill", &kill).await;
     let _: ttrpc::Result<api::WaitResponse> = shim
-        .call_with(10 * SECOND, HashMap::new(), "Wait", &wait)
+        .ask(
+            10,
+            "Wait",
+            &api::WaitRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+        )
         .await;
-    let delete = api::DeleteRequest {
-        id: id.clone(),
-        ..Default::default()
-    };
     let res: api::DeleteResponse = shim
-        .call_with(10 * SECOND, HashMap::new(), "Delete", &delete)
+        .ask(
+            10,
+            "Delete",
+            &api::DeleteRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+        )
         .await?;
-    let shutdown = api::ShutdownRequest {
-        id,
-        ..Default::default()
-    };
     let _: ttrpc::Result<api::Empty> = shim
-        .call_with(5 * SECOND, HashMap::new(), "Shutdown", &shutdown)
+        .ask(
+            5,
+            "Shutdown",
+            &api::ShutdownRequest {
+                id,
+                ..Default::default()
+            },
+        )
         .await;
     Ok(res)
 }

@@ -480,6 +480,15 @@ async fn load_spec(bundle: &Path) -> Result<Spec> {
     serde_json::from_slice(&bytes).kind(Kind::InvalidArgument, format!("parse {}", path.display()))
 }
 
+/// Whether the shim has nothing left to serve.
+fn idle(tasks: &Mutex<HashMap<String, Arc<Task>>>, delegates: &Delegates) -> bool {
+    tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_empty()
+        && delegates.is_empty()
+}
+
 /// Logs a failed request and turns it into a ttrpc error.
 fn reply<T>(call: &str, id: &str, res: Result<T>) -> TtrpcResult<T> {
     res.map_err(|err| {
@@ -646,7 +655,7 @@ impl TaskApi for TaskService {
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
         // containerd asks after each delete; the shim goes once its last task has.
-        if self.tasks().is_empty() && self.delegates.is_empty() {
+        if idle(&self.tasks, &self.delegates) {
             tracing::info!("last task deleted, shutting down");
             // Leaving the cgroup waits on the kernel (an RCU grace period):
             // answer containerd now, and exit once it is done.
@@ -664,13 +673,7 @@ impl TaskApi for TaskService {
                 self.activity.clone(),
                 self.closing.clone(),
             );
-            let idle = move || {
-                tasks
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_empty()
-                    && delegates.is_empty()
-            };
+            let idle = move || idle(&tasks, &delegates);
             tokio::spawn(async move {
                 let mut seen = activity.load(SeqCst);
                 pumps.idle(std::time::Duration::from_secs(12)).await;
@@ -681,22 +684,17 @@ impl TaskApi for TaskService {
                 }
                 // Stay while anyone came by during the last linger period.
                 loop {
-                    if !lifetime.linger.is_zero() {
-                        tokio::time::sleep(lifetime.linger).await;
-                    }
+                    tokio::time::sleep(lifetime.linger).await;
                     if !idle() {
                         return; // busy again: its last Shutdown comes back here
                     }
-                    let now = activity.load(SeqCst);
-                    if now == seen {
+                    if activity.load(SeqCst) == seen {
+                        // Set, then check: Connect bumps, then checks.
                         closing.store(true, SeqCst);
                         if activity.load(SeqCst) == seen && idle() {
                             break;
                         }
                         closing.store(false, SeqCst);
-                    }
-                    if lifetime.linger.is_zero() && !idle() {
-                        return;
                     }
                     seen = activity.load(SeqCst);
                 }

@@ -185,13 +185,12 @@ impl Shim for WasmtimeShim {
         } else {
             PathBuf::from(&self.bundle)
         };
-        let launcher = runc::Launcher::find(&self.publish_binary).map(|binary| runc::Launcher {
-            binary,
-            namespace: self.namespace.clone(),
-            address: self.address.clone(),
-            publish_binary: self.publish_binary.clone(),
-            debug: self.debug,
-        });
+        let launcher = runc::Launcher::beside(
+            &self.publish_binary,
+            &self.namespace,
+            &self.address,
+            self.debug,
+        );
         let spec = containerd_shim::asynchronous::util::read_spec(&bundle)
             .await
             .ok();
@@ -241,23 +240,21 @@ impl Shim for WasmtimeShim {
         });
         let runtime = WasmtimeRuntime::new(settings, content);
         let runc = runc::Launcher::from_env(&self.namespace, &self.address, self.debug);
-        let lifetime = if std::env::var(ENV_SERVES_SHARED).is_ok_and(|v| v == "1") {
-            let linger_ms = std::env::var(ENV_LINGER_MS)
+        let shared = std::env::var(ENV_SERVES_SHARED).is_ok_and(|v| v == "1");
+        let linger_ms = if shared {
+            let ms = std::env::var(ENV_LINGER_MS)
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_LINGER_MS);
-            tracing::info!(linger_ms, "the namespace's shared shim");
-            Lifetime {
-                linger: std::time::Duration::from_millis(linger_ms),
-                join_cgroup: false,
-                socket: self.socket.strip_prefix("unix://").map(PathBuf::from),
-            }
+            tracing::info!(linger_ms = ms, "the namespace's shared shim");
+            ms
         } else {
-            Lifetime {
-                join_cgroup: true,
-                socket: self.socket.strip_prefix("unix://").map(PathBuf::from),
-                ..Default::default()
-            }
+            0
+        };
+        let lifetime = Lifetime {
+            linger: std::time::Duration::from_millis(linger_ms),
+            join_cgroup: !shared,
+            socket: self.socket.strip_prefix("unix://").map(PathBuf::from),
         };
         TaskService::new(
             Arc::new(runtime),
