@@ -3,7 +3,9 @@
 //!
 //! Reading order: [`shim`] (process model) → [`service`] (Task API) →
 //! [`lifecycle`] (engine-neutral task states) → [`wasm`] (Wasmtime).
+//! [`flags`] answers `-v` and `-info` before any of that starts.
 
+mod flags;
 mod lifecycle;
 mod logging;
 mod runc;
@@ -14,7 +16,22 @@ mod wasm;
 /// The runtime name containerd knows this shim by.
 const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
 
-#[tokio::main]
-async fn main() {
-    containerd_shim::asynchronous::run::<shim::WasmtimeShim>(RUNTIME_ID, None).await;
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(flag) = flags::own_flag(&args) {
+        std::process::exit(flags::answer(flag));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<shim::WasmtimeShim>(
+        RUNTIME_ID, None,
+    ));
 }
