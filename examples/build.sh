@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example guests into $OUT (default: <workspace>/target/examples):
 #   $OUT/*.wasm         WASI preview1 modules compiled from examples/*/*.c
+#   $OUT/trap-debug.wasm  trap.c with DWARF, for backtraces with file and line
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
@@ -42,6 +43,12 @@ for src in */*.c; do
     echo "wasm   $OUT/$name.wasm"
     "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/$name.wasm" "$src"
 done
+
+# trap.c again, keeping its DWARF (-g, not stripped), so that traps show file
+# and line. The prefix map keeps the checkout's path out of the module.
+echo "wasm   $OUT/trap-debug.wasm (with DWARF)"
+"$CLANG" --target=wasm32-wasi -O0 -g -fdebug-prefix-map="$EXAMPLES"=. -Wall -Wextra \
+    -o "$OUT/trap-debug.wasm" trap/trap.c
 
 # Broken inputs. component.wat is documentation only: wat2wasm cannot encode
 # components, so its binary form is written by hand below.

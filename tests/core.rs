@@ -124,6 +124,26 @@ fn a_trap_exits_134_with_message_and_backtrace() -> Result<()> {
     cd.assert_clean()
 }
 
+#[test]
+fn a_trap_in_a_module_with_dwarf_names_file_and_line() -> Result<()> {
+    let cd = containerd();
+    // trap.c built with -g: __builtin_trap() is on line 36 of trap/trap.c.
+    let image = cd.import("trap-debug")?;
+    let out = cd.run_rm(&image, "dwarf1", &[])?;
+    assert_eq!(out.code, Some(134), "{out:?}");
+    assert!(out.stderr.contains("trap/trap.c:36"), "{}", out.stderr);
+    assert!(out.stderr.contains("main"), "{}", out.stderr);
+    // The stripped build names functions only, and neither build tells the
+    // user to set a variable in the shim's environment.
+    let stripped = cd.import("trap")?;
+    let plain = cd.run_rm(&stripped, "dwarf2", &[])?;
+    assert!(!plain.stderr.contains("trap.c:"), "{}", plain.stderr);
+    for err in [&out.stderr, &plain.stderr] {
+        assert!(!err.contains("WASMTIME_BACKTRACE_DETAILS"), "{err}");
+    }
+    cd.assert_clean()
+}
+
 /// Runs the spinning guest under a foreground `ctr run`, kills it with
 /// `ctr task kill`, and returns ctr's exit code.
 fn kill_spinner(cd: &Containerd, id: &str, signal: Option<&str>) -> Result<Option<i32>> {

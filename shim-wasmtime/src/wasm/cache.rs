@@ -223,5 +223,17 @@ mod tests {
         let b = Engine::new(&cfg).unwrap();
         let c3 = DiskCache::open(dir.path(), &b, 1).unwrap();
         assert_ne!(c1.engine_key, c3.engine_key);
+        // Code compiled to keep DWARF for backtraces is cached apart from
+        // code compiled without it.
+        let key_with = |details| {
+            let mut cfg = wasmtime::Config::new();
+            cfg.wasm_backtrace_details(details);
+            let e = Engine::new(&cfg).unwrap();
+            DiskCache::open(dir.path(), &e, 1).unwrap().engine_key
+        };
+        assert_ne!(
+            key_with(wasmtime::WasmBacktraceDetails::Enable),
+            key_with(wasmtime::WasmBacktraceDetails::Disable)
+        );
     }
 }
