@@ -7,18 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use harness::{Containerd, RUNTIME};
 
-/// A value from `ctr task metrics ID`.
-fn metric(cd: &Containerd, id: &str, name: &str) -> Result<u64> {
-    let out = cd.ctr(&["tasks", "metrics", id])?.ok()?;
-    out.stdout
-        .lines()
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
-        })
-        .with_context(|| format!("no {name} in:\n{}", out.stdout))
-}
-
 #[test]
 fn memory_limit_fails_growth_inside_the_guest() -> Result<()> {
     let cd = Containerd::start()?;
@@ -96,11 +84,11 @@ fn cpu_quota_throttles_a_spinning_guest() -> Result<()> {
         ],
     )?;
     cd.run_detached("q2", &["--runtime", RUNTIME, &image, "q2"])?;
-    let start1 = metric(&cd, "q1", "cpuacct.usage")?;
-    let start2 = metric(&cd, "q2", "cpuacct.usage")?;
+    let start1 = cd.metric("q1", "cpuacct.usage")?;
+    let start2 = cd.metric("q2", "cpuacct.usage")?;
     std::thread::sleep(Duration::from_secs(2));
-    let used1 = metric(&cd, "q1", "cpuacct.usage")? - start1;
-    let used2 = metric(&cd, "q2", "cpuacct.usage")? - start2;
+    let used1 = cd.metric("q1", "cpuacct.usage")? - start1;
+    let used2 = cd.metric("q2", "cpuacct.usage")? - start2;
     // Not a timing: a share. The throttled guest must use far less CPU than
     // the free one, and at most about its 10% quota of the 2 s.
     assert!(
@@ -129,8 +117,8 @@ fn stats_report_memory_of_a_running_guest() -> Result<()> {
             "st1",
         ],
     )?;
-    let usage = metric(&cd, "st1", "memory.usage_in_bytes")?;
-    let limit = metric(&cd, "st1", "memory.limit_in_bytes")?;
+    let usage = cd.metric("st1", "memory.usage_in_bytes")?;
+    let limit = cd.metric("st1", "memory.limit_in_bytes")?;
     assert!(usage >= 65536, "a C guest has at least one page: {usage}");
     assert_eq!(limit, 33_554_432);
     cd.kill_and_remove("st1")?;

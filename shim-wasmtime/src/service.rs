@@ -21,24 +21,23 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::types::task::ProcessInfo;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
+use crate::lifecycle::cgroup::ShimCgroup;
 use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
+use crate::lifecycle::limits::{self, Change, LiveLimits};
 use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
-use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task};
-use crate::lifecycle::{cgroup, entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
+use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task, TaskParts};
+use crate::lifecycle::{entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
 use crate::runc::Delegates;
 
 pub struct TaskService {
     runtime: Arc<dyn Runtime>,
     /// Output still being copied to clients; the shim waits for it to exit.
     pumps: Pumps,
-    /// Joining the first container's cgroup, in the background: moving a
-    /// process between cgroups waits out an RCU grace period in the kernel
-    /// (10 ms and more), which must not hold up Create.
-    cgroup: Mutex<Option<tokio::task::JoinHandle<Option<cgroup::Membership>>>>,
-    cgroup_tried: std::sync::atomic::AtomicBool,
+    /// The cgroup the shim joins, sized for all its tasks together.
+    cgroup: Arc<ShimCgroup>,
     tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
     /// Linux containers (a pod's pause container, sidecars), run by runc.
     delegates: Arc<Delegates>,
@@ -120,12 +119,11 @@ impl TaskService {
         Self {
             runtime,
             delegates: Arc::new(delegates),
-            lifetime,
+            lifetime: lifetime.clone(),
             activity: Arc::default(),
             closing: Arc::default(),
             pumps: Pumps::default(),
-            cgroup: Mutex::default(),
-            cgroup_tried: std::sync::atomic::AtomicBool::new(false),
+            cgroup: Arc::new(ShimCgroup::new(lifetime.join_cgroup)),
             tasks: Arc::default(),
             events,
             exit,
@@ -218,15 +216,16 @@ impl TaskService {
             }
         };
         let t_io = t0.elapsed();
-        let limits = Limits::from_spec(&spec);
-        self.join_cgroup(&spec, limits);
+        let initial = Limits::from_spec(&spec);
+        self.cgroup.join_first(&spec, initial);
         let t_cgroup = t0.elapsed();
         let usage = Arc::new(Usage::default());
+        let limits = Arc::new(LiveLimits::new(initial));
         let task_spec = TaskSpec {
             id: id.clone(),
             rootfs: rootfs.clone(),
             spec,
-            limits,
+            limits: limits.clone(),
         };
         let prepared = match self.runtime.prepare(&task_spec, usage.clone()).await {
             Ok(p) => p,
@@ -243,15 +242,16 @@ impl TaskService {
             prepare_us = (t0.elapsed() - t_cgroup).as_micros() as u64,
             "create phases"
         );
-        let task = Arc::new(Task::new(
-            id.clone(),
+        let task = Arc::new(Task::new(TaskParts {
+            id: id.clone(),
             bundle,
-            stdio.clone(),
-            mounted.then(|| rootfs.clone()),
+            stdio: stdio.clone(),
+            mounted_rootfs: mounted.then(|| rootfs.clone()),
             usage,
+            limits,
             io,
             prepared,
-        ));
+        }));
         let pid = task.pid;
         let inserted = {
             let mut tasks = self.tasks();
@@ -264,6 +264,7 @@ impl TaskService {
                 format!("task {id} already exists"),
             ));
         }
+        self.resize_cgroup().await;
         self.events.send(TaskCreate {
             container_id: id,
             bundle: req.bundle,
@@ -282,37 +283,6 @@ impl TaskService {
             pid,
             ..Default::default()
         })
-    }
-
-    /// Joins the first container's cgroup, once per shim. A failure is
-    /// logged: the task still runs, only outside the cgroup.
-    fn join_cgroup(&self, spec: &Spec, limits: Limits) {
-        if !self.lifetime.join_cgroup
-            || self
-                .cgroup_tried
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            return;
-        }
-        let Some(linux) = spec.linux().as_ref() else {
-            return;
-        };
-        let Some(path) = linux.cgroups_path().as_ref() else {
-            return;
-        };
-        let path = path.to_string_lossy().into_owned();
-        let joining =
-            tokio::task::spawn_blocking(move || match cgroup::Membership::join(&path, &limits) {
-                Ok(m) => {
-                    tracing::info!(cgroup = %path, "joined the container's cgroup");
-                    Some(m)
-                }
-                Err(err) => {
-                    tracing::warn!("not joining a cgroup: {err:#}");
-                    None
-                }
-            });
-        *self.cgroup.lock().unwrap_or_else(PoisonError::into_inner) = Some(joining);
     }
 
     async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
@@ -384,6 +354,7 @@ impl TaskService {
             tasks.remove(&req.id);
             tasks.values().map(|t| t.bundle.clone()).collect()
         };
+        self.resize_cgroup().await;
         if crate::logging::follows(&task.bundle) {
             // containerd removes this bundle next: log through a live one.
             let live = others.into_iter().chain(self.delegates.bundles());
@@ -407,6 +378,58 @@ impl TaskService {
             exited_at: MessageField::some(timestamp(status.at)),
             ..Default::default()
         })
+    }
+
+    /// Applies new resource limits to a running (or created) task: the
+    /// engine reads them at the guest's next memory growth and epoch tick,
+    /// and the shim's cgroup is resized for them. A memory limit below what
+    /// the guest uses, or one the kernel refuses for the shim's cgroup,
+    /// fails the call and leaves the task as it was.
+    async fn do_update(&self, req: api::UpdateTaskRequest) -> Result<api::Empty> {
+        let task = self.get(&req.id)?;
+        if task.status() == Status::Stopped {
+            return Err(Error::not_found(format!(
+                "task {}: cannot update a stopped task",
+                req.id
+            )));
+        }
+        let resources = linux_resources(req.resources.as_ref())?;
+        let change = Change::from_resources(&resources);
+        if !change.ignored.is_empty() {
+            tracing::info!(
+                id = req.id,
+                ignored = ?change.ignored,
+                "update: these resources mean nothing for a wasm task and are ignored"
+            );
+        }
+        let before = task
+            .limits
+            .update(&change, &task.usage)
+            .map_err(|e| Error::precondition(e.to_string()))?;
+        if let Err(err) = self.cgroup.resize(self.total_limits()).await {
+            task.limits.restore(before, &task.usage);
+            self.resize_cgroup().await;
+            return Err(Error::new(
+                Kind::FailedPrecondition,
+                format!("the shim's cgroup refused the new limits: {err:#}"),
+            ));
+        }
+        tracing::info!(id = req.id, limits = ?task.limits.get(), "updated");
+        Ok(api::Empty::new())
+    }
+
+    /// The limits of all the shim's tasks together.
+    fn total_limits(&self) -> Limits {
+        let all: Vec<Limits> = self.tasks().values().map(|t| t.limits.get()).collect();
+        limits::total(&all)
+    }
+
+    /// Sizes the shim's cgroup for its tasks as they are now. A failure is
+    /// logged: the tasks still run, within the older size.
+    async fn resize_cgroup(&self) {
+        if let Err(err) = self.cgroup.resize(self.total_limits()).await {
+            tracing::warn!("cannot size the shim's cgroup: {err:#}");
+        }
     }
 
     fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
@@ -470,6 +493,28 @@ impl TaskService {
             ..Default::default()
         })
     }
+}
+
+/// The `LinuxResources` an Update carries: containerd sends them as JSON in
+/// an `Any` of type `types.containerd.io/opencontainers/runtime-spec/1/LinuxResources`.
+fn linux_resources(any: Option<&Any>) -> Result<LinuxResources> {
+    let Some(any) = any else {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            "the update carries no resources",
+        ));
+    };
+    if !any.type_url.ends_with("/LinuxResources") {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            format!(
+                "the update carries {:?}, not Linux resources (runtime-spec LinuxResources)",
+                any.type_url
+            ),
+        ));
+    }
+    serde_json::from_slice(&any.value)
+        .kind(Kind::InvalidArgument, "parse the update's LinuxResources")
 }
 
 async fn load_spec(bundle: &Path) -> Result<Spec> {
@@ -659,11 +704,7 @@ impl TaskApi for TaskService {
             tracing::info!("last task deleted, shutting down");
             // Leaving the cgroup waits on the kernel (an RCU grace period):
             // answer containerd now, and exit once it is done.
-            let joining = self
-                .cgroup
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            let cgroup = self.cgroup.clone();
             let exit = self.exit.clone();
             let pumps = self.pumps.clone();
             let lifetime = self.lifetime.clone();
@@ -677,11 +718,7 @@ impl TaskApi for TaskService {
             tokio::spawn(async move {
                 let mut seen = activity.load(SeqCst);
                 pumps.idle(std::time::Duration::from_secs(12)).await;
-                if let Some(joining) = joining {
-                    if let Ok(Some(m)) = joining.await {
-                        let _ = tokio::task::spawn_blocking(move || m.leave()).await;
-                    }
-                }
+                cgroup.leave().await;
                 // Stay while anyone came by during the last linger period.
                 loop {
                     tokio::time::sleep(lifetime.linger).await;
@@ -739,7 +776,14 @@ impl TaskApi for TaskService {
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         forward_to_runc!(self, ctx, "Update", req);
-        reply("update", &req.id, Err(Error::unimplemented("Update")))
+        let id = req.id.clone();
+        tracing::info!(id, "update");
+        let res = self.do_update(req).await;
+        reply(
+            "update",
+            &id,
+            res.map_err(|e| e.context(format!("update container {id}"))),
+        )
     }
 
     async fn exec(

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+pub use k8s_cri::v1::LinuxContainerResources;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use tonic::transport::Channel;
 
@@ -116,19 +118,50 @@ impl Cri {
         image: &str,
         command: &[&str],
     ) -> Result<String> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt,
-            }),
-            image: Some(ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.{attempt}.log"),
+        self.start_configured(pod, container_config(name, attempt, image, command))
+            .await
+    }
+
+    /// As [`Self::start_container`], with resource limits, as a pod spec's
+    /// `resources.limits` give them.
+    pub async fn start_with_resources(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        command: &[&str],
+        resources: LinuxContainerResources,
+    ) -> Result<String> {
+        let mut config = container_config(name, 0, image, command);
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(resources),
             ..Default::default()
-        };
+        });
+        self.start_configured(pod, config).await
+    }
+
+    /// UpdateContainerResources, as the kubelet resizes a pod in place.
+    pub async fn update_resources(
+        &mut self,
+        id: &str,
+        resources: LinuxContainerResources,
+    ) -> std::result::Result<(), tonic::Status> {
+        self.runtime
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.to_string(),
+                linux: Some(resources),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn start_configured(&mut self, pod: &Pod, config: ContainerConfig) -> Result<String> {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let id = self
             .runtime
             .create_container(CreateContainerRequest {
@@ -233,6 +266,22 @@ impl Cri {
             .await
             .context("RemovePodSandbox")?;
         Ok(())
+    }
+}
+
+fn container_config(name: &str, attempt: u32, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_string(),
+            attempt,
+        }),
+        image: Some(ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.{attempt}.log"),
+        ..Default::default()
     }
 }
 

@@ -274,6 +274,49 @@ impl Containerd {
         Ok(())
     }
 
+    /// A value from `ctr task metrics ID`, e.g. `memory.usage_in_bytes`.
+    pub fn metric(&self, id: &str, name: &str) -> Result<u64> {
+        let out = self.ctr(&["tasks", "metrics", id])?.ok()?;
+        out.stdout
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+            })
+            .with_context(|| format!("no {name} in:\n{}", out.stdout))
+    }
+
+    /// Task Update through containerd's API, with `resources` as the OCI
+    /// `LinuxResources` JSON that containerd's own client sends (no `ctr`
+    /// command sends an Update). Returns the gRPC status on failure.
+    pub fn update_task(
+        &self,
+        id: &str,
+        resources: serde_json::Value,
+    ) -> Result<std::result::Result<(), tonic::Status>> {
+        use containerd_client::services::v1::tasks_client::TasksClient;
+        use containerd_client::services::v1::UpdateTaskRequest;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let channel = containerd_client::connect(&self.socket).await?;
+            let mut request = tonic::Request::new(UpdateTaskRequest {
+                container_id: id.to_string(),
+                resources: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        .to_string(),
+                    value: serde_json::to_vec(&resources)?,
+                }),
+                annotations: Default::default(),
+            });
+            request
+                .metadata_mut()
+                .insert("containerd-namespace", self.namespace.parse()?);
+            Ok(TasksClient::new(channel).update(request).await.map(|_| ()))
+        })
+    }
+
     /// The pid `ctr task ls` shows for a task (for this shim: the shim's own).
     pub fn task_pid(&self, id: &str) -> Result<u32> {
         let out = self.ctr(&["tasks", "ls"])?.ok()?;

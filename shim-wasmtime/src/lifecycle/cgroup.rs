@@ -7,17 +7,24 @@
 //! container's. With one shim per pod, the first container is the pod's
 //! sandbox and its cgroup is the pod's.
 //!
-//! The kernel memory limit is the spec's plus [`SHIM_OVERHEAD`]: Wasmtime
-//! already enforces the guest's limit on its linear memory, and the kernel's
-//! must not kill the shim for its own runtime's few megabytes.
+//! The kernel memory limit is the sum of the shim's tasks' limits plus
+//! [`SHIM_OVERHEAD`], kept up to date as tasks are created, updated and
+//! deleted: Wasmtime already enforces each guest's limit on its linear
+//! memory, and the kernel must not kill the shim for a limit a guest was
+//! granted, nor for its own runtime's few megabytes. CPU quotas add up the
+//! same way, and CPU shares as the kubelet adds up a pod's.
 //!
 //! Supported: cgroupfs-style absolute paths (`/a/b`), on cgroup v1 (the
 //! memory, cpu, cpuacct and pids hierarchies) and v2. A systemd-style `slice:prefix:name` is left
 //! alone, with a log line.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context, Result};
+use oci_spec::runtime::Spec;
 
 use super::Limits;
 
@@ -120,29 +127,65 @@ fn create(h: &Path, rel: &Path) -> Result<()> {
 }
 
 fn write(dir: &Path, file: &str, value: &str) {
-    if let Err(err) = std::fs::write(dir.join(file), value) {
-        tracing::debug!(dir = %dir.display(), file, %err, "cgroup write failed");
+    if let Err(err) = try_write(dir, file, value) {
+        tracing::debug!("{err:#}");
     }
 }
 
-fn apply_limits(dir: &Path, limits: &Limits) {
-    if let Some(mem) = limits.memory {
-        let bytes = mem.saturating_add(SHIM_OVERHEAD).to_string();
-        if dir.join("memory.limit_in_bytes").exists() {
-            write(dir, "memory.limit_in_bytes", &bytes);
-        } else if dir.join("memory.max").exists() {
-            write(dir, "memory.max", &bytes);
+fn try_write(dir: &Path, file: &str, value: &str) -> Result<()> {
+    std::fs::write(dir.join(file), value)
+        .with_context(|| format!("write {value} to {}", dir.join(file).display()))
+}
+
+/// Writes `limits` into one cgroup folder, whichever version it is: memory
+/// (plus the shim's own allowance), CPU quota and shares. A missing limit is
+/// written as "none", so that a lifted limit is lifted in the kernel too.
+fn apply_limits(dir: &Path, limits: &Limits) -> Result<()> {
+    let has = |f: &str| dir.join(f).exists();
+    let memory = limits.memory.map(|m| m.saturating_add(SHIM_OVERHEAD));
+    if has("memory.limit_in_bytes") {
+        try_write(
+            dir,
+            "memory.limit_in_bytes",
+            &memory.map_or("-1".into(), |m| m.to_string()),
+        )?;
+    } else if has("memory.max") {
+        try_write(
+            dir,
+            "memory.max",
+            &memory.map_or("max".into(), |m| m.to_string()),
+        )?;
+    }
+    let quota = limits
+        .cpu
+        .map(|c| (c.quota.as_micros(), c.period.as_micros()));
+    if has("cpu.cfs_quota_us") {
+        match quota {
+            Some((quota, period)) => {
+                // The kernel checks quota against period: lift, set the period, set the quota.
+                try_write(dir, "cpu.cfs_quota_us", "-1")?;
+                try_write(dir, "cpu.cfs_period_us", &period.to_string())?;
+                try_write(dir, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+            None => try_write(dir, "cpu.cfs_quota_us", "-1")?,
+        }
+    } else if has("cpu.max") {
+        let value = match quota {
+            Some((quota, period)) => format!("{quota} {period}"),
+            None => "max".to_string(),
+        };
+        try_write(dir, "cpu.max", &value)?;
+    }
+    if let Some(shares) = limits.cpu_shares {
+        if has("cpu.shares") {
+            try_write(dir, "cpu.shares", &shares.clamp(2, 262_144).to_string())?;
+        } else if has("cpu.weight") {
+            // The conversion runc and the kubelet use, from [2, 262144] to [1, 10000].
+            let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+            try_write(dir, "cpu.weight", &weight.to_string())?;
         }
     }
-    if let Some(cpu) = limits.cpu {
-        let (quota, period) = (cpu.quota.as_micros(), cpu.period.as_micros());
-        if dir.join("cpu.cfs_quota_us").exists() {
-            write(dir, "cpu.cfs_period_us", &period.to_string());
-            write(dir, "cpu.cfs_quota_us", &quota.to_string());
-        } else if dir.join("cpu.max").exists() {
-            write(dir, "cpu.max", &format!("{quota} {period}"));
-        }
-    }
+    Ok(())
 }
 
 impl Membership {
@@ -159,7 +202,9 @@ impl Membership {
             let dir = h.join(&rel);
             let from = current(&h);
             create(&h, &rel)?;
-            apply_limits(&dir, limits);
+            if let Err(err) = apply_limits(&dir, limits) {
+                tracing::warn!("{err:#}");
+            }
             if let Err(err) = std::fs::write(dir.join("cgroup.procs"), &pid) {
                 // Leave no half-joined state behind.
                 Self { dirs }.leave();
@@ -171,6 +216,14 @@ impl Membership {
         Ok(Self { dirs })
     }
 
+    /// Writes new limits for the shim's tasks together.
+    pub fn resize(&self, limits: &Limits) -> Result<()> {
+        for (dir, _) in &self.dirs {
+            apply_limits(dir, limits)?;
+        }
+        Ok(())
+    }
+
     /// Moves this process back where it came from and removes the cgroups
     /// it joined. Called as the shim exits.
     pub fn leave(&self) {
@@ -179,6 +232,108 @@ impl Membership {
             write(from, "cgroup.procs", &pid);
             remove(dir);
         }
+    }
+}
+
+/// The cgroup the shim process sits in: its first container's, joined off
+/// Create's path (moving a process between cgroups waits out an RCU grace
+/// period in the kernel, 10 ms and more), and sized for all the shim's
+/// tasks together as they come, change and go.
+#[derive(Default)]
+pub struct ShimCgroup {
+    /// False for a shim shared by unrelated containers: it joins none.
+    enabled: bool,
+    tried: AtomicBool,
+    state: Arc<Mutex<Joined>>,
+    joining: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Joined {
+    membership: Option<Membership>,
+    /// The limits last asked for, applied once the join is done.
+    wanted: Option<Limits>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ShimCgroup {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            ..Default::default()
+        }
+    }
+
+    /// Joins the first container's cgroup, once per shim, in the
+    /// background. A failure is logged: the task still runs, only outside
+    /// the cgroup.
+    pub fn join_first(&self, spec: &Spec, limits: Limits) {
+        if !self.enabled || self.tried.swap(true, SeqCst) {
+            return;
+        }
+        let Some(path) = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+        else {
+            return;
+        };
+        let path = path.to_string_lossy().into_owned();
+        let state = self.state.clone();
+        let joining = tokio::task::spawn_blocking(move || {
+            let m = match Membership::join(&path, &limits) {
+                Ok(m) => m,
+                Err(err) => return tracing::warn!("not joining a cgroup: {err:#}"),
+            };
+            tracing::info!(cgroup = %path, "joined the container's cgroup");
+            let mut state = lock(&state);
+            if let Some(wanted) = state.wanted.filter(|w| *w != limits) {
+                if let Err(err) = m.resize(&wanted) {
+                    tracing::warn!("cannot size the shim's cgroup: {err:#}");
+                }
+            }
+            state.membership = Some(m);
+        });
+        *lock(&self.joining) = Some(joining);
+    }
+
+    /// Sizes the shim's cgroup for `total`, the limits of all its tasks
+    /// together (see [`super::limits::total`]). Nothing to do before the
+    /// join: it applies the latest total once done.
+    pub async fn resize(&self, total: Limits) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = lock(&state);
+            state.wanted = Some(total);
+            match &state.membership {
+                Some(m) => m.resize(&total),
+                None => Ok(()),
+            }
+        })
+        .await
+        .context("cgroup resize panicked")?
+    }
+
+    /// Leaves the cgroup (waiting for a join still under way) and removes
+    /// it. Called as the shim exits.
+    pub async fn leave(&self) {
+        let joining = lock(&self.joining).take();
+        if let Some(joining) = joining {
+            let _ = joining.await;
+        }
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(m) = lock(&state).membership.take() {
+                m.leave();
+            }
+        })
+        .await;
     }
 }
 

@@ -1,10 +1,14 @@
-//! The resource limits a spec asks for (`linux.resources`), read once per
-//! task: the engine enforces them on the guest, and the cgroup the shim joins
-//! carries them for the kernel.
+//! The resource limits a spec asks for (`linux.resources`): read once per
+//! task in Create, changed by Update while it runs. The engine enforces them
+//! on the guest, reading [`LiveLimits`] at every memory growth and epoch
+//! tick, and the cgroup the shim joins carries their sum for the kernel.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use super::Usage;
 
 /// The period the kernel uses when a spec sets a quota without one.
 const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
@@ -21,6 +25,9 @@ pub struct Limits {
     /// Bytes.
     pub memory: Option<u64>,
     pub cpu: Option<CpuQuota>,
+    /// The relative CPU weight (`cpu.shares`), which only the kernel applies:
+    /// to the shim's cgroup.
+    pub cpu_shares: Option<u64>,
 }
 
 impl Limits {
@@ -28,23 +35,222 @@ impl Limits {
     /// zero or negative values mean no limit.
     pub fn from_spec(spec: &Spec) -> Self {
         let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-        let memory = resources
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .filter(|l| *l > 0)
-            .map(|l| l as u64);
-        let cpu = resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
-            let quota = c.quota().filter(|q| *q > 0)?;
-            let period = c
-                .period()
-                .filter(|p| *p > 0)
-                .unwrap_or(DEFAULT_CPU_PERIOD_US);
-            Some(CpuQuota {
-                quota: Duration::from_micros(quota as u64),
-                period: Duration::from_micros(period),
-            })
-        });
-        Self { memory, cpu }
+        let mut limits = Self::default();
+        if let Some(r) = resources {
+            Change::from_resources(r).apply_to(&mut limits);
+        }
+        limits
+    }
+}
+
+/// What an Update asks to change. `None` leaves a limit as it is; `Some(None)`
+/// lifts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    pub memory: Option<Option<u64>>,
+    /// A new quota (`Some(None)`: none), and separately a new period.
+    pub cpu_quota_us: Option<Option<u64>>,
+    pub cpu_period_us: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    /// The fields the request sets that mean nothing for a wasm task (a
+    /// guest is one process, and sees no devices, huge pages or swap).
+    pub ignored: Vec<&'static str>,
+}
+
+impl Change {
+    /// Reads the OCI `LinuxResources` an Update carries. As runc does, a
+    /// field left out changes nothing; a memory limit or CPU quota of zero or
+    /// less lifts it.
+    pub fn from_resources(r: &LinuxResources) -> Self {
+        let mut change = Self::default();
+        if let Some(m) = r.memory() {
+            change.memory = m.limit().map(|l| u64::try_from(l).ok().filter(|l| *l > 0));
+            for (set, name) in [
+                (m.reservation().is_some(), "memory.reservation"),
+                (m.swap().is_some(), "memory.swap"),
+                (m.kernel().is_some(), "memory.kernel"),
+                (m.kernel_tcp().is_some(), "memory.kernelTCP"),
+                (m.swappiness().is_some(), "memory.swappiness"),
+            ] {
+                if set {
+                    change.ignored.push(name);
+                }
+            }
+        }
+        if let Some(c) = r.cpu() {
+            change.cpu_quota_us = c.quota().map(|q| u64::try_from(q).ok().filter(|q| *q > 0));
+            change.cpu_period_us = c.period().filter(|p| *p > 0);
+            change.cpu_shares = c.shares().filter(|s| *s > 0);
+            for (set, name) in [
+                (c.cpus().as_ref().is_some_and(|s| !s.is_empty()), "cpu.cpus"),
+                (c.mems().as_ref().is_some_and(|s| !s.is_empty()), "cpu.mems"),
+                (c.realtime_runtime().is_some(), "cpu.realtimeRuntime"),
+                (c.realtime_period().is_some(), "cpu.realtimePeriod"),
+            ] {
+                if set {
+                    change.ignored.push(name);
+                }
+            }
+        }
+        for (set, name) in [
+            (r.pids().is_some(), "pids"),
+            (r.block_io().is_some(), "blockIO"),
+            (
+                r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()),
+                "hugepageLimits",
+            ),
+            (r.network().is_some(), "network"),
+            (
+                r.devices().as_ref().is_some_and(|d| !d.is_empty()),
+                "devices",
+            ),
+            (r.rdma().as_ref().is_some_and(|d| !d.is_empty()), "rdma"),
+            (
+                r.unified().as_ref().is_some_and(|u| !u.is_empty()),
+                "unified",
+            ),
+        ] {
+            if set {
+                change.ignored.push(name);
+            }
+        }
+        change
+    }
+
+    /// The limits after this change.
+    pub fn apply_to(&self, limits: &mut Limits) {
+        if let Some(memory) = self.memory {
+            limits.memory = memory;
+        }
+        let period = self
+            .cpu_period_us
+            .map(Duration::from_micros)
+            .or(limits.cpu.map(|c| c.period))
+            .unwrap_or(Duration::from_micros(DEFAULT_CPU_PERIOD_US));
+        match self.cpu_quota_us {
+            Some(Some(q)) => {
+                limits.cpu = Some(CpuQuota {
+                    quota: Duration::from_micros(q),
+                    period,
+                })
+            }
+            Some(None) => limits.cpu = None,
+            None => {
+                if let Some(cpu) = &mut limits.cpu {
+                    cpu.period = period;
+                }
+            }
+        }
+        if self.cpu_shares.is_some() {
+            limits.cpu_shares = self.cpu_shares;
+        }
+    }
+}
+
+/// A memory limit below what the guest holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BelowUsage {
+    pub limit: u64,
+    pub used: u64,
+}
+
+impl std::fmt::Display for BelowUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit {} bytes is below the {} bytes the task's linear memory uses now \
+             (WebAssembly memory cannot shrink)",
+            self.limit, self.used
+        )
+    }
+}
+
+impl std::error::Error for BelowUsage {}
+
+/// A running task's limits. One lock guards the limit and the guest's
+/// memory figure together, so a growth and an Update never pass each other.
+#[derive(Debug)]
+pub struct LiveLimits {
+    limits: Mutex<Limits>,
+}
+
+impl LiveLimits {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits: Mutex::new(limits),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Limits> {
+        self.limits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn get(&self) -> Limits {
+        *self.lock()
+    }
+
+    /// Records that the guest's memory grows to `total` bytes, if the
+    /// memory limit allows it; false when it does not.
+    pub fn grow_memory(&self, total: u64, usage: &Usage) -> bool {
+        let limits = self.lock();
+        if limits.memory.is_some_and(|m| total > m) {
+            return false;
+        }
+        usage.set_memory(total);
+        true
+    }
+
+    /// Applies `change`, unless it sets a memory limit below what the guest
+    /// uses now; then nothing changes. Returns the limits before the change.
+    pub fn update(&self, change: &Change, usage: &Usage) -> Result<Limits, BelowUsage> {
+        let mut limits = self.lock();
+        let before = *limits;
+        let mut after = before;
+        change.apply_to(&mut after);
+        if let Some(limit) = after.memory {
+            let used = usage.memory();
+            if used > limit {
+                return Err(BelowUsage { limit, used });
+            }
+        }
+        *limits = after;
+        usage.set_memory_limit(after.memory.unwrap_or(0));
+        Ok(before)
+    }
+
+    /// Puts back limits an update replaced.
+    pub fn restore(&self, limits: Limits, usage: &Usage) {
+        *self.lock() = limits;
+        usage.set_memory_limit(limits.memory.unwrap_or(0));
+    }
+}
+
+/// What the shim's own cgroup must allow for all its tasks together: the sum
+/// of their memory limits and CPU quotas (none when any task has none), and
+/// the sum of their CPU shares, as the kubelet sums a pod's.
+pub fn total<'a>(all: impl IntoIterator<Item = &'a Limits>) -> Limits {
+    let mut memory = Some(0u64);
+    let mut cpu_fraction = Some(0f64);
+    let mut shares: Option<u64> = None;
+    for l in all {
+        memory = memory.zip(l.memory).map(|(a, b)| a.saturating_add(b));
+        cpu_fraction = cpu_fraction
+            .zip(l.cpu)
+            .map(|(a, c)| a + c.quota.as_secs_f64() / c.period.as_secs_f64().max(1e-6));
+        if let Some(s) = l.cpu_shares {
+            shares = Some(shares.unwrap_or(0).saturating_add(s));
+        }
+    }
+    let period = Duration::from_micros(DEFAULT_CPU_PERIOD_US);
+    Limits {
+        memory,
+        cpu: cpu_fraction.map(|f| CpuQuota {
+            quota: Duration::from_micros(
+                ((f * DEFAULT_CPU_PERIOD_US as f64).ceil() as u64).max(1000),
+            ),
+            period,
+        }),
+        cpu_shares: shares,
     }
 }
 
@@ -52,14 +258,23 @@ impl Limits {
 mod tests {
     use super::*;
 
+    fn spec(resources: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": resources}
+        }))
+        .unwrap()
+    }
+
+    fn resources(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn reads_memory_and_cpu_and_ignores_zero() {
-        let spec: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "linux": {"resources": {"memory": {"limit": 1024}, "cpu": {"quota": 10000}}}
-        }))
-        .unwrap();
-        let l = Limits::from_spec(&spec);
+        let l = Limits::from_spec(&spec(
+            serde_json::json!({"memory": {"limit": 1024}, "cpu": {"quota": 10000, "shares": 512}}),
+        ));
         assert_eq!(l.memory, Some(1024));
         assert_eq!(
             l.cpu,
@@ -68,11 +283,89 @@ mod tests {
                 period: Duration::from_micros(100_000)
             })
         );
-        let none: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "linux": {"resources": {"memory": {"limit": 0}, "cpu": {"quota": -1}}}
-        }))
-        .unwrap();
+        assert_eq!(l.cpu_shares, Some(512));
+        let none = spec(serde_json::json!({"memory": {"limit": 0}, "cpu": {"quota": -1}}));
         assert_eq!(Limits::from_spec(&none), Limits::default());
+    }
+
+    #[test]
+    fn a_change_touches_only_what_it_names() {
+        let mut l = Limits {
+            memory: Some(1 << 20),
+            cpu: Some(CpuQuota {
+                quota: Duration::from_millis(10),
+                period: Duration::from_millis(100),
+            }),
+            cpu_shares: None,
+        };
+        let c = Change::from_resources(&resources(serde_json::json!({"cpu": {"period": 50000}})));
+        c.apply_to(&mut l);
+        assert_eq!(l.memory, Some(1 << 20));
+        assert_eq!(l.cpu.unwrap().period, Duration::from_millis(50));
+        assert_eq!(l.cpu.unwrap().quota, Duration::from_millis(10));
+
+        let c = Change::from_resources(&resources(
+            serde_json::json!({"memory": {"limit": -1}, "cpu": {"quota": -1}, "pids": {"limit": 5}}),
+        ));
+        assert_eq!(c.ignored, vec!["pids"]);
+        c.apply_to(&mut l);
+        assert_eq!((l.memory, l.cpu), (None, None));
+    }
+
+    #[test]
+    fn an_update_below_usage_changes_nothing() {
+        let usage = Usage::default();
+        let live = LiveLimits::new(Limits {
+            memory: Some(1 << 20),
+            ..Default::default()
+        });
+        assert!(live.grow_memory(1 << 19, &usage));
+        assert!(!live.grow_memory(2 << 20, &usage));
+        let shrink = Change {
+            memory: Some(Some(1 << 18)),
+            ..Default::default()
+        };
+        let err = live.update(&shrink, &usage).unwrap_err();
+        assert_eq!(
+            err,
+            BelowUsage {
+                limit: 1 << 18,
+                used: 1 << 19
+            }
+        );
+        assert_eq!(live.get().memory, Some(1 << 20));
+        let grow = Change {
+            memory: Some(Some(4 << 20)),
+            ..Default::default()
+        };
+        live.update(&grow, &usage).unwrap();
+        assert!(live.grow_memory(2 << 20, &usage));
+        assert_eq!(usage.memory_limit(), 4 << 20);
+    }
+
+    #[test]
+    fn totals_add_up_and_any_unlimited_task_lifts_the_sum() {
+        let q = |ms| {
+            Some(CpuQuota {
+                quota: Duration::from_millis(ms),
+                period: Duration::from_millis(100),
+            })
+        };
+        let a = Limits {
+            memory: Some(10),
+            cpu: q(10),
+            cpu_shares: Some(2),
+        };
+        let b = Limits {
+            memory: Some(20),
+            cpu: q(50),
+            cpu_shares: None,
+        };
+        let t = total([&a, &b]);
+        assert_eq!(t.memory, Some(30));
+        assert_eq!(t.cpu, q(60));
+        assert_eq!(t.cpu_shares, Some(2));
+        let t = total([&a, &Limits::default()]);
+        assert_eq!((t.memory, t.cpu), (None, None));
     }
 }

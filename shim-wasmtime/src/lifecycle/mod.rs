@@ -24,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
 
-pub use self::limits::{CpuQuota, Limits};
+pub use self::limits::{Limits, LiveLimits};
 pub use self::stdio::Writer;
 pub use self::usage::Usage;
 
@@ -35,8 +35,9 @@ pub struct TaskSpec {
     /// The mounted root filesystem.
     pub rootfs: PathBuf,
     pub spec: oci_spec::runtime::Spec,
-    /// The spec's resource limits, for the engine to enforce.
-    pub limits: Limits,
+    /// The task's resource limits, for the engine to enforce as they are
+    /// at each memory growth and epoch tick: Update changes them.
+    pub limits: Arc<LiveLimits>,
 }
 
 /// The guest's ends of its standard streams.

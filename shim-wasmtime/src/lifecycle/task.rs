@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
 
 use super::error::{Error, Result};
+use super::limits::LiveLimits;
 use super::stdio::{StdioPaths, TaskIo};
 use super::usage::{Metered, Usage};
 use super::{Exit, GuestIo, Prepared};
@@ -56,9 +57,24 @@ pub struct Task {
     /// The rootfs, when the shim mounted it and must unmount it.
     pub mounted_rootfs: Option<PathBuf>,
     pub usage: Arc<Usage>,
+    /// Read by the engine as the guest runs; changed by Update.
+    pub limits: Arc<LiveLimits>,
     state: Mutex<State>,
     io: Mutex<TaskIo>,
     exit: watch::Sender<Option<ExitStatus>>,
+}
+
+/// What a task is made of, as Create assembles it.
+pub struct TaskParts {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub stdio: StdioPaths,
+    /// The rootfs, when the shim mounted it and must unmount it.
+    pub mounted_rootfs: Option<PathBuf>,
+    pub usage: Arc<Usage>,
+    pub limits: Arc<LiveLimits>,
+    pub io: TaskIo,
+    pub prepared: Box<dyn Prepared>,
 }
 
 /// What happened when a task was asked to stop.
@@ -74,15 +90,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Task {
-    pub fn new(
-        id: String,
-        bundle: PathBuf,
-        stdio: StdioPaths,
-        mounted_rootfs: Option<PathBuf>,
-        usage: Arc<Usage>,
-        io: TaskIo,
-        prepared: Box<dyn Prepared>,
-    ) -> Self {
+    pub fn new(parts: TaskParts) -> Self {
+        let TaskParts {
+            id,
+            bundle,
+            stdio,
+            mounted_rootfs,
+            usage,
+            limits,
+            io,
+            prepared,
+        } = parts;
         Self {
             id,
             bundle,
@@ -90,6 +108,7 @@ impl Task {
             pid: std::process::id(),
             mounted_rootfs,
             usage,
+            limits,
             state: Mutex::new(State::Created(prepared)),
             io: Mutex::new(io),
             exit: watch::channel(None).0,

@@ -24,7 +24,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use super::mounts::Preopen;
-use crate::lifecycle::{CpuQuota, Exit, GuestIo, Running, Usage};
+use crate::lifecycle::{Exit, GuestIo, LiveLimits, Running, Usage};
 
 /// The exit code of a guest that trapped, unless the trap maps to SIGFPE or SIGSEGV.
 pub const TRAP_EXIT_CODE: u32 = 128 + libc::SIGABRT as u32;
@@ -42,14 +42,14 @@ pub const MAX_HANDLES_PER_TASK: usize = 1024;
 pub struct GuestState {
     pub wasi: WasiP1Ctx,
     limiter: Limiter,
-    throttle: Option<Throttle>,
+    throttle: Throttle,
 }
 
-/// Enforces a CPU quota at epoch ticks: a guest that has used its quota in
-/// the current period sleeps until the period ends, so it cannot starve the
-/// shim's other guests.
+/// Enforces the task's CPU quota, as it is at each epoch tick: a guest that
+/// has used its quota in the current period sleeps until the period ends, so
+/// it cannot starve the shim's other guests.
 struct Throttle {
-    limit: CpuQuota,
+    limits: Arc<LiveLimits>,
     usage: Arc<Usage>,
     period_start: Instant,
     cpu_at_period_start: u64,
@@ -59,6 +59,9 @@ impl Throttle {
     /// Called at every epoch tick: yield, and sleep out the period when the
     /// quota is spent.
     fn on_tick(&mut self) -> UpdateDeadline {
+        let Some(limit) = self.limits.get().cpu else {
+            return UpdateDeadline::Yield(1);
+        };
         let now = Instant::now();
         let used = Duration::from_nanos(
             self.usage
@@ -66,29 +69,29 @@ impl Throttle {
                 .saturating_sub(self.cpu_at_period_start),
         );
         let elapsed = now.saturating_duration_since(self.period_start);
-        if elapsed >= self.limit.period {
+        if elapsed >= limit.period {
             self.period_start = now;
             self.cpu_at_period_start = self.usage.cpu_nanos();
             return UpdateDeadline::Yield(1);
         }
-        if used < self.limit.quota {
+        if used < limit.quota {
             return UpdateDeadline::Yield(1);
         }
-        let wake = self.period_start + self.limit.period;
+        let wake = self.period_start + limit.period;
         self.period_start = wake;
         // What was used beyond the quota is charged to the next period.
         self.cpu_at_period_start = self
             .usage
             .cpu_nanos()
-            .saturating_sub((used - self.limit.quota).as_nanos() as u64);
+            .saturating_sub((used - limit.quota).as_nanos() as u64);
         UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(wake.into())))
     }
 }
 
-/// Caps the total size of a guest's linear memories, and reports it.
+/// Caps the total size of a guest's linear memories at the task's memory
+/// limit, as it is at each growth, and reports it.
 struct Limiter {
-    /// Bytes; `None` for no limit beyond the wasm spec's own.
-    limit: Option<usize>,
+    limits: Arc<LiveLimits>,
     total: usize,
     usage: Arc<Usage>,
     /// Set when a growth was refused, to explain a later trap.
@@ -103,12 +106,11 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let total = self.total.saturating_sub(current).saturating_add(desired);
-        if self.limit.is_some_and(|limit| total > limit) {
+        if !self.limits.grow_memory(total as u64, &self.usage) {
             self.refused = Some(total);
             return Ok(false);
         }
         self.total = total;
-        self.usage.set_memory(total as u64);
         Ok(true)
     }
 
@@ -151,8 +153,7 @@ pub struct Guest {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
-    pub memory_limit: Option<usize>,
-    pub cpu_quota: Option<CpuQuota>,
+    pub limits: Arc<LiveLimits>,
     pub usage: Arc<Usage>,
 }
 
@@ -184,21 +185,20 @@ impl Guest {
     /// Instantiates the guest and returns the future that runs `_start`.
     pub async fn start(self, io: GuestIo) -> Result<Running> {
         let wasi = self.wasi(io)?;
-        if let Some(limit) = self.memory_limit {
-            self.usage.set_memory_limit(limit as u64);
-        }
+        self.usage
+            .set_memory_limit(self.limits.get().memory.unwrap_or(0));
         let limiter = Limiter {
-            limit: self.memory_limit,
+            limits: self.limits.clone(),
             total: 0,
             usage: self.usage.clone(),
             refused: None,
         };
-        let throttle = self.cpu_quota.map(|limit| Throttle {
-            limit,
+        let throttle = Throttle {
+            limits: self.limits.clone(),
             usage: self.usage.clone(),
             period_start: Instant::now(),
             cpu_at_period_start: self.usage.cpu_nanos(),
-        });
+        };
         let mut store = Store::new(
             &self.engine,
             GuestState {
@@ -208,15 +208,10 @@ impl Guest {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        // Yield to the runtime at every epoch tick, forever; throttle if the
-        // spec sets a CPU quota.
+        // Yield to the runtime at every epoch tick, forever; throttle while
+        // the task has a CPU quota.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            Ok(match ctx.data_mut().throttle.as_mut() {
-                Some(t) => t.on_tick(),
-                None => UpdateDeadline::Yield(1),
-            })
-        });
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().throttle.on_tick()));
 
         let path = self.module_path;
         let instance = self

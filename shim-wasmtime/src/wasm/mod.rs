@@ -154,8 +154,7 @@ impl Runtime for WasmtimeRuntime {
             args,
             env: env_pairs(&env),
             preopens,
-            memory_limit: task.limits.memory.map(|m| m as usize),
-            cpu_quota: task.limits.cpu,
+            limits: task.limits.clone(),
             usage,
         })))
     }
