@@ -6,23 +6,32 @@ use std::process::Command;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // A new commit changes the revision: rebuild when HEAD moves.
-    for p in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    // A new commit changes the revision: rebuild when HEAD or the branch it
+    // names moves. Only paths that exist: a missing one reruns every build.
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", branch.as_deref().unwrap_or("HEAD"), "packed-refs"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", name]) {
+            let path = root.join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
     println!(
         "cargo:rerun-if-changed={}",
         root.join("Cargo.lock").display()
     );
 
-    let revision = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(&root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let revision = git(&["rev-parse", "HEAD"]).unwrap_or_default();
     println!("cargo:rustc-env=SHIM_REVISION={revision}");
 
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();

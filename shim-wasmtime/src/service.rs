@@ -38,6 +38,8 @@ pub struct TaskService {
     pumps: Pumps,
     /// The cgroup the shim joins, sized for all its tasks together.
     cgroup: Arc<ShimCgroup>,
+    /// Held while the tasks' limits and the cgroup's size change together.
+    resizing: tokio::sync::Mutex<()>,
     tasks: Arc<Mutex<HashMap<String, Arc<Task>>>>,
     /// Linux containers (a pod's pause container, sidecars), run by runc.
     delegates: Arc<Delegates>,
@@ -124,6 +126,7 @@ impl TaskService {
             closing: Arc::default(),
             pumps: Pumps::default(),
             cgroup: Arc::new(ShimCgroup::new(lifetime.join_cgroup)),
+            resizing: tokio::sync::Mutex::new(()),
             tasks: Arc::default(),
             events,
             exit,
@@ -382,9 +385,10 @@ impl TaskService {
 
     /// Applies new resource limits to a running (or created) task: the
     /// engine reads them at the guest's next memory growth and epoch tick,
-    /// and the shim's cgroup is resized for them. A memory limit below what
-    /// the guest uses, or one the kernel refuses for the shim's cgroup,
-    /// fails the call and leaves the task as it was.
+    /// and the shim's cgroup is resized for them. The cgroup grows before
+    /// the guest may, and shrinks after. A memory limit below what the guest
+    /// uses, or a size the shim's cgroup cannot take, fails the call and
+    /// leaves the task as it was.
     async fn do_update(&self, req: api::UpdateTaskRequest) -> Result<api::Empty> {
         let task = self.get(&req.id)?;
         if task.status() == Status::Stopped {
@@ -395,6 +399,9 @@ impl TaskService {
         }
         let resources = linux_resources(req.resources.as_ref())?;
         let change = Change::from_resources(&resources);
+        change
+            .validate()
+            .map_err(|e| Error::new(Kind::InvalidArgument, e))?;
         if !change.ignored.is_empty() {
             tracing::info!(
                 id = req.id,
@@ -402,17 +409,41 @@ impl TaskService {
                 "update: these resources mean nothing for a wasm task and are ignored"
             );
         }
-        let before = task
-            .limits
-            .update(&change, &task.usage)
-            .map_err(|e| Error::precondition(e.to_string()))?;
-        if let Err(err) = self.cgroup.resize(self.total_limits()).await {
-            task.limits.restore(before, &task.usage);
-            self.resize_cgroup().await;
-            return Err(Error::new(
+        // One resize at a time, so that the cgroup's size follows the
+        // tasks' limits in order.
+        let _resizing = self.resizing.lock().await;
+        let before = task.limits.get();
+        let mut after = before;
+        change.apply_to(&mut after);
+        let grows = match (before.memory, after.memory) {
+            (_, None) => true,
+            (Some(b), Some(a)) => a >= b,
+            (None, Some(_)) => false,
+        };
+        let refused = |err: anyhow::Error| {
+            Error::new(
                 Kind::FailedPrecondition,
-                format!("the shim's cgroup refused the new limits: {err:#}"),
-            ));
+                format!("the shim's cgroup cannot take the new limits: {err:#}"),
+            )
+        };
+        if grows {
+            self.cgroup
+                .resize(self.total_limits_with(&req.id, after))
+                .await
+                .map_err(refused)?;
+        }
+        if let Err(err) = task.limits.update(&change, &task.usage) {
+            if grows {
+                self.resize_cgroup_now().await;
+            }
+            return Err(Error::precondition(err.to_string()));
+        }
+        if !grows {
+            if let Err(err) = self.cgroup.resize(self.total_limits()).await {
+                task.limits.restore(before, &task.usage);
+                self.resize_cgroup_now().await;
+                return Err(refused(err));
+            }
         }
         tracing::info!(id = req.id, limits = ?task.limits.get(), "updated");
         Ok(api::Empty::new())
@@ -424,9 +455,29 @@ impl TaskService {
         limits::total(&all)
     }
 
-    /// Sizes the shim's cgroup for its tasks as they are now. A failure is
-    /// logged: the tasks still run, within the older size.
+    /// As [`Self::total_limits`], with task `id`'s limits replaced.
+    fn total_limits_with(&self, id: &str, replaced: Limits) -> Limits {
+        let all: Vec<Limits> = self
+            .tasks()
+            .iter()
+            .map(|(k, t)| if k == id { replaced } else { t.limits.get() })
+            .collect();
+        limits::total(&all)
+    }
+
+    /// Sizes the shim's cgroup for its tasks as they are now, after a
+    /// Create or Delete. A failure is logged: the tasks still run, within
+    /// the older size. With no task left, the size stays: the shim is about
+    /// to leave the cgroup, or serves only containers runc runs.
     async fn resize_cgroup(&self) {
+        let _resizing = self.resizing.lock().await;
+        self.resize_cgroup_now().await;
+    }
+
+    async fn resize_cgroup_now(&self) {
+        if self.tasks().is_empty() {
+            return;
+        }
         if let Err(err) = self.cgroup.resize(self.total_limits()).await {
             tracing::warn!("cannot size the shim's cgroup: {err:#}");
         }

@@ -31,6 +31,9 @@ use super::Limits;
 /// Room for the shim's own memory above the guest's limit.
 pub const SHIM_OVERHEAD: u64 = 64 << 20;
 
+/// The kernel's default `cpu.shares`, for a shim none of whose tasks sets any.
+const DEFAULT_CPU_SHARES: u64 = 1024;
+
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// The cgroup folders this shim joined, one per hierarchy, with the one it
@@ -139,53 +142,71 @@ fn try_write(dir: &Path, file: &str, value: &str) -> Result<()> {
 
 /// Writes `limits` into one cgroup folder, whichever version it is: memory
 /// (plus the shim's own allowance), CPU quota and shares. A missing limit is
-/// written as "none", so that a lifted limit is lifted in the kernel too.
+/// written as "none" (and missing shares as the default weight), so that a
+/// lifted limit is lifted in the kernel too. Every write is tried; the first
+/// failure is returned.
 fn apply_limits(dir: &Path, limits: &Limits) -> Result<()> {
     let has = |f: &str| dir.join(f).exists();
+    let mut first_err: Option<anyhow::Error> = None;
+    let mut note = |r: Result<()>| {
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    };
     let memory = limits.memory.map(|m| m.saturating_add(SHIM_OVERHEAD));
     if has("memory.limit_in_bytes") {
-        try_write(
+        // v1 refuses (EBUSY) a limit below what the cgroup uses.
+        note(try_write(
             dir,
             "memory.limit_in_bytes",
             &memory.map_or("-1".into(), |m| m.to_string()),
-        )?;
+        ));
     } else if has("memory.max") {
-        try_write(
-            dir,
-            "memory.max",
-            &memory.map_or("max".into(), |m| m.to_string()),
-        )?;
+        // v2 would accept it and then OOM-kill the shim: check first.
+        let current: Option<u64> = std::fs::read_to_string(dir.join("memory.current"))
+            .ok()
+            .and_then(|c| c.trim().parse().ok());
+        match (memory, current) {
+            (Some(m), Some(c)) if c > m => note(Err(anyhow::anyhow!(
+                "the shim's cgroup {} uses {c} bytes, more than the {m} bytes asked for",
+                dir.display()
+            ))),
+            _ => note(try_write(
+                dir,
+                "memory.max",
+                &memory.map_or("max".into(), |m| m.to_string()),
+            )),
+        }
     }
     let quota = limits
         .cpu
         .map(|c| (c.quota.as_micros(), c.period.as_micros()));
     if has("cpu.cfs_quota_us") {
-        match quota {
-            Some((quota, period)) => {
-                // The kernel checks quota against period: lift, set the period, set the quota.
-                try_write(dir, "cpu.cfs_quota_us", "-1")?;
-                try_write(dir, "cpu.cfs_period_us", &period.to_string())?;
-                try_write(dir, "cpu.cfs_quota_us", &quota.to_string())?;
-            }
-            None => try_write(dir, "cpu.cfs_quota_us", "-1")?,
+        // The kernel checks quota against period: lift, set the period, set the quota.
+        note(try_write(dir, "cpu.cfs_quota_us", "-1"));
+        if let Some((quota, period)) = quota {
+            note(try_write(dir, "cpu.cfs_period_us", &period.to_string()));
+            note(try_write(dir, "cpu.cfs_quota_us", &quota.to_string()));
         }
     } else if has("cpu.max") {
         let value = match quota {
             Some((quota, period)) => format!("{quota} {period}"),
             None => "max".to_string(),
         };
-        try_write(dir, "cpu.max", &value)?;
+        note(try_write(dir, "cpu.max", &value));
     }
-    if let Some(shares) = limits.cpu_shares {
-        if has("cpu.shares") {
-            try_write(dir, "cpu.shares", &shares.clamp(2, 262_144).to_string())?;
-        } else if has("cpu.weight") {
-            // The conversion runc and the kubelet use, from [2, 262144] to [1, 10000].
-            let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
-            try_write(dir, "cpu.weight", &weight.to_string())?;
-        }
+    let shares = limits
+        .cpu_shares
+        .unwrap_or(DEFAULT_CPU_SHARES)
+        .clamp(2, 262_144);
+    if has("cpu.shares") {
+        note(try_write(dir, "cpu.shares", &shares.to_string()));
+    } else if has("cpu.weight") {
+        // The conversion runc and the kubelet use, from [2, 262144] to [1, 10000].
+        let weight = 1 + (shares - 2) * 9999 / 262_142;
+        note(try_write(dir, "cpu.weight", &weight.to_string()));
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }
 
 impl Membership {

@@ -12,6 +12,20 @@ use super::Usage;
 
 /// The period the kernel uses when a spec sets a quota without one.
 const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+/// The kernel's bounds: a quota or period of at least 1 ms, a period of at
+/// most 1 s.
+const MIN_CPU_US: u64 = 1_000;
+const MAX_CPU_PERIOD_US: u64 = 1_000_000;
+
+/// A limit as runc reads it: positive sets it, negative lifts it (`Some(None)`),
+/// zero leaves it as it is (`None`).
+fn lift_or_set(v: i64) -> Option<Option<u64>> {
+    match v {
+        0 => None,
+        v if v < 0 => Some(None),
+        v => Some(Some(v as u64)),
+    }
+}
 
 /// A CPU quota: `quota` of CPU time per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +73,12 @@ pub struct Change {
 
 impl Change {
     /// Reads the OCI `LinuxResources` an Update carries. As runc does, a
-    /// field left out changes nothing; a memory limit or CPU quota of zero or
-    /// less lifts it.
+    /// field left out, or zero, changes nothing; a memory limit or CPU quota
+    /// of -1 (any negative value) lifts it.
     pub fn from_resources(r: &LinuxResources) -> Self {
         let mut change = Self::default();
         if let Some(m) = r.memory() {
-            change.memory = m.limit().map(|l| u64::try_from(l).ok().filter(|l| *l > 0));
+            change.memory = m.limit().and_then(lift_or_set);
             for (set, name) in [
                 (m.reservation().is_some(), "memory.reservation"),
                 (m.swap().is_some(), "memory.swap"),
@@ -78,7 +92,7 @@ impl Change {
             }
         }
         if let Some(c) = r.cpu() {
-            change.cpu_quota_us = c.quota().map(|q| u64::try_from(q).ok().filter(|q| *q > 0));
+            change.cpu_quota_us = c.quota().and_then(lift_or_set);
             change.cpu_period_us = c.period().filter(|p| *p > 0);
             change.cpu_shares = c.shares().filter(|s| *s > 0);
             for (set, name) in [
@@ -117,6 +131,25 @@ impl Change {
         change
     }
 
+    /// Refuses values the kernel refuses too: a CPU period outside
+    /// [1 ms, 1 s] or a quota under 1 ms (a period of hours would freeze
+    /// the guest).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = self.cpu_period_us {
+            if !(MIN_CPU_US..=MAX_CPU_PERIOD_US).contains(&p) {
+                return Err(format!(
+                    "cpu.period {p} µs is outside [{MIN_CPU_US}, {MAX_CPU_PERIOD_US}] µs"
+                ));
+            }
+        }
+        if let Some(Some(q)) = self.cpu_quota_us {
+            if q < MIN_CPU_US {
+                return Err(format!("cpu.quota {q} µs is under {MIN_CPU_US} µs"));
+            }
+        }
+        Ok(())
+    }
+
     /// The limits after this change.
     pub fn apply_to(&self, limits: &mut Limits) {
         if let Some(memory) = self.memory {
@@ -124,13 +157,13 @@ impl Change {
         }
         let period = self
             .cpu_period_us
-            .map(Duration::from_micros)
+            .map(|p| Duration::from_micros(p.clamp(MIN_CPU_US, MAX_CPU_PERIOD_US)))
             .or(limits.cpu.map(|c| c.period))
             .unwrap_or(Duration::from_micros(DEFAULT_CPU_PERIOD_US));
         match self.cpu_quota_us {
             Some(Some(q)) => {
                 limits.cpu = Some(CpuQuota {
-                    quota: Duration::from_micros(q),
+                    quota: Duration::from_micros(q.max(MIN_CPU_US)),
                     period,
                 })
             }
@@ -226,29 +259,36 @@ impl LiveLimits {
 }
 
 /// What the shim's own cgroup must allow for all its tasks together: the sum
-/// of their memory limits and CPU quotas (none when any task has none), and
-/// the sum of their CPU shares, as the kubelet sums a pod's.
+/// of their memory limits and CPU quotas (none when any task has none, or
+/// when there is no task), and the sum of their CPU shares, as the kubelet
+/// sums a pod's. Quotas are added per 100 ms period, in whole microseconds,
+/// rounded down, so that the sum never exceeds what a pod's parent cgroup
+/// allows for the same containers.
 pub fn total<'a>(all: impl IntoIterator<Item = &'a Limits>) -> Limits {
     let mut memory = Some(0u64);
-    let mut cpu_fraction = Some(0f64);
+    let mut quota_us = Some(0u128);
     let mut shares: Option<u64> = None;
+    let mut any = false;
     for l in all {
+        any = true;
         memory = memory.zip(l.memory).map(|(a, b)| a.saturating_add(b));
-        cpu_fraction = cpu_fraction
-            .zip(l.cpu)
-            .map(|(a, c)| a + c.quota.as_secs_f64() / c.period.as_secs_f64().max(1e-6));
+        quota_us = quota_us.zip(l.cpu).map(|(a, c)| {
+            let per_period = c.quota.as_micros() * u128::from(DEFAULT_CPU_PERIOD_US)
+                / c.period.as_micros().max(1);
+            a + per_period
+        });
         if let Some(s) = l.cpu_shares {
             shares = Some(shares.unwrap_or(0).saturating_add(s));
         }
     }
-    let period = Duration::from_micros(DEFAULT_CPU_PERIOD_US);
+    if !any {
+        return Limits::default();
+    }
     Limits {
         memory,
-        cpu: cpu_fraction.map(|f| CpuQuota {
-            quota: Duration::from_micros(
-                ((f * DEFAULT_CPU_PERIOD_US as f64).ceil() as u64).max(1000),
-            ),
-            period,
+        cpu: quota_us.map(|q| CpuQuota {
+            quota: Duration::from_micros(u64::try_from(q).unwrap_or(u64::MAX).max(MIN_CPU_US)),
+            period: Duration::from_micros(DEFAULT_CPU_PERIOD_US),
         }),
         cpu_shares: shares,
     }
@@ -304,12 +344,29 @@ mod tests {
         assert_eq!(l.cpu.unwrap().period, Duration::from_millis(50));
         assert_eq!(l.cpu.unwrap().quota, Duration::from_millis(10));
 
+        // Zero changes nothing, as in runc.
+        let c = Change::from_resources(&resources(
+            serde_json::json!({"memory": {"limit": 0}, "cpu": {"quota": 0}}),
+        ));
+        c.apply_to(&mut l);
+        assert_eq!(l.memory, Some(1 << 20));
+        assert!(l.cpu.is_some());
+
         let c = Change::from_resources(&resources(
             serde_json::json!({"memory": {"limit": -1}, "cpu": {"quota": -1}, "pids": {"limit": 5}}),
         ));
         assert_eq!(c.ignored, vec!["pids"]);
         c.apply_to(&mut l);
         assert_eq!((l.memory, l.cpu), (None, None));
+
+        // The kernel's bounds.
+        for bad in [
+            serde_json::json!({"cpu": {"period": 100}}),
+            serde_json::json!({"cpu": {"period": 10_000_000_000u64}}),
+            serde_json::json!({"cpu": {"quota": 10}}),
+        ] {
+            assert!(Change::from_resources(&resources(bad)).validate().is_err());
+        }
     }
 
     #[test]
@@ -367,5 +424,25 @@ mod tests {
         assert_eq!(t.cpu_shares, Some(2));
         let t = total([&a, &Limits::default()]);
         assert_eq!((t.memory, t.cpu), (None, None));
+        // No task: nothing to hold the shim to.
+        assert_eq!(total([]), Limits::default());
+        // 100m + 200m is 30000 µs per 100 ms, not a float's 30001.
+        let m = |ms| Limits {
+            cpu: q(ms),
+            ..Default::default()
+        };
+        assert_eq!(total([&m(10), &m(20)]).cpu, q(30));
+        // Periods other than 100 ms are scaled, rounding down.
+        let odd = Limits {
+            cpu: Some(CpuQuota {
+                quota: Duration::from_micros(10_000),
+                period: Duration::from_micros(30_000),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            total([&odd]).cpu.unwrap().quota,
+            Duration::from_micros(33_333)
+        );
     }
 }
