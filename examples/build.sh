@@ -2,6 +2,7 @@
 # Builds the example guests into $OUT (default: <workspace>/target/examples):
 #   $OUT/*.wasm         WASI preview1 modules compiled from examples/*/*.c
 #   $OUT/trap-debug.wasm  trap.c with DWARF, for backtraces with file and line
+#   $OUT/p2/*.wasm      the same programs as preview 2 command components
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
@@ -49,6 +50,20 @@ done
 echo "wasm   $OUT/trap-debug.wasm (with DWARF)"
 "$CLANG" --target=wasm32-wasi -O0 -g -fdebug-prefix-map="$EXAMPLES"=. -Wall -Wextra \
     -o "$OUT/trap-debug.wasm" trap/trap.c
+
+# The same programs as WASI preview 2 command components: each module wrapped
+# with Wasmtime's preview 1 command adapter by `oci-artifact componentize`.
+CLI="${OCI_ARTIFACT:-$ROOT/target/release/oci-artifact}"
+if [[ ! -x "$CLI" ]]; then
+    cargo build --release -q -p oci-artifact --manifest-path "$ROOT/Cargo.toml"
+fi
+mkdir -p "$OUT/p2"
+for src in */*.c; do
+    [[ "$src" == native/* ]] && continue
+    name="$(basename "$src" .c)"
+    echo "p2     $OUT/p2/$name.wasm"
+    "$CLI" componentize "$OUT/$name.wasm" -o "$OUT/p2/$name.wasm" 2>/dev/null >/dev/null
+done
 
 # Broken inputs. component.wat is documentation only: wat2wasm cannot encode
 # components, so its binary form is written by hand below.

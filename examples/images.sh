@@ -20,6 +20,12 @@ for wasm in "$OUT"/*.wasm; do
     name="$(basename "$wasm" .wasm)"
     "$CLI" build "$wasm" --name "docker.io/wasmtime-examples/$name:latest" -o "$OUT/images/$name.tar" >/dev/null
 done
+# Components: docker.io/wasmtime-examples/<name>-p2 (config os wasip2).
+for wasm in "$OUT"/p2/*.wasm; do
+    name="$(basename "$wasm" .wasm)"
+    "$CLI" build "$wasm" --module-name "$name.wasm" --name "docker.io/wasmtime-examples/$name-p2:latest" \
+        -o "$OUT/images/$name-p2.tar" >/dev/null
+done
 # Bad inputs: the builder refuses what is not wasm, so these layers are made
 # with --force-any, which only skips that check.
 for wasm in "$OUT"/bad/*.wasm; do

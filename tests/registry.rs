@@ -592,6 +592,13 @@ fn bad_images_are_refused_with_clear_errors() -> Result<()> {
             layers: vec![(WASM_LAYER, b"hello".to_vec())],
             error: "is not WebAssembly",
         },
+        // A core module posing as a component: the config says wasip2.
+        Bad {
+            name: "module-as-component",
+            config: |d| wasm_config(Some("wasip2"), Some(d)),
+            layers: vec![(WASM_LAYER, hello.clone())],
+            error: "but layer",
+        },
         // Native code posing as a module (a precompiled artifact, or any ELF):
         // refused before anything could load it.
         Bad {

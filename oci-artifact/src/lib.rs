@@ -8,6 +8,7 @@
 //! [`Layout`] writes the result as an OCI image layout, as a folder or as the
 //! tar that `ctr images import` takes.
 
+pub mod component;
 pub mod inspect;
 pub mod layout;
 pub mod parse;

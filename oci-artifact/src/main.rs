@@ -35,6 +35,13 @@ enum Form {
     ArtifactStreamProcessor,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum AdapterArg {
+    Command,
+    Reactor,
+    Proxy,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a .wasm file.
@@ -107,6 +114,25 @@ enum Command {
         module: Option<PathBuf>,
         #[arg(long)]
         insecure: bool,
+    },
+    /// Make a WASI preview 2 component from a WASI preview 1 module, with
+    /// Wasmtime's preview 1 adapter (the release the shim links).
+    ///
+    /// Examples:
+    ///   clang-14 --target=wasm32-wasi -O2 -o app.wasm app.c
+    ///   oci-artifact componentize app.wasm -o app.component.wasm
+    ///   oci-artifact build app.component.wasm --name docker.io/me/app:p2 -o app.tar
+    #[command(verbatim_doc_comment)]
+    Componentize {
+        /// The preview 1 module.
+        module: PathBuf,
+        /// Where to write the component.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// command: a program (exports wasi:cli/run); reactor: a library;
+        /// proxy: an HTTP handler (exports wasi:http/incoming-handler).
+        #[arg(long, value_enum, default_value = "command")]
+        adapter: AdapterArg,
     },
     /// Describe an image or a module: form, media types, digests, os/arch,
     /// kind of module, imports and exports.
@@ -302,6 +328,28 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("write {}", path.display()))?;
             }
             println!("{reference} {}", pulled.manifest.digest());
+            Ok(())
+        }
+        Command::Componentize {
+            module,
+            output,
+            adapter,
+        } => {
+            let bytes =
+                std::fs::read(&module).with_context(|| format!("read {}", module.display()))?;
+            let adapter = match adapter {
+                AdapterArg::Command => oci_artifact::component::Adapter::Command,
+                AdapterArg::Reactor => oci_artifact::component::Adapter::Reactor,
+                AdapterArg::Proxy => oci_artifact::component::Adapter::Proxy,
+            };
+            if let Some(warning) = oci_artifact::component::realloc_warning(&bytes) {
+                eprintln!("oci-artifact: warning: {warning}");
+            }
+            let component = oci_artifact::component::componentize(&bytes, adapter)
+                .with_context(|| format!("make a component from {}", module.display()))?;
+            std::fs::write(&output, &component)
+                .with_context(|| format!("write {}", output.display()))?;
+            println!("{}", output.display());
             Ok(())
         }
         Command::Inspect { source, insecure } => {

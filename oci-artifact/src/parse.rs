@@ -195,6 +195,28 @@ pub fn parse(
                 "layer {} is not WebAssembly (no \\0asm header)",
                 layer.digest
             );
+            // The config says what the layer is: a preview 1 module
+            // (wasip1) or a component (wasip2, with a `component` field).
+            let holds = crate::wasi_os(&module)?;
+            let kind = |os: &str| {
+                if os == "wasip2" {
+                    "component"
+                } else {
+                    "core module"
+                }
+            };
+            ensure!(
+                holds == os && (config.get("component").is_some() <= (holds == "wasip2")),
+                "the config describes a {} (os {os:?}{}), but layer {} holds a {}",
+                kind(&os),
+                if config.get("component").is_some() {
+                    ", with a \"component\" field"
+                } else {
+                    ""
+                },
+                layer.digest,
+                kind(holds)
+            );
             Ok(WasmImage {
                 form: Form::Artifact,
                 config_media_type: manifest.config.media_type.clone(),

@@ -1,4 +1,4 @@
-//! The on-disk cache of compiled modules.
+//! The on-disk cache of compiled code: core modules and components.
 //!
 //! Compiling is the slow part of a first start, so the native code Cranelift
 //! produces is kept on disk and shared by every shim on the machine.
@@ -25,6 +25,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
 use super::engine::Digest32;
@@ -43,6 +44,37 @@ impl Hasher for StableHasher {
     fn finish(&self) -> u64 {
         let d = self.0.clone().finalize();
         u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+}
+
+/// Compiled code the cache holds: a core module or a component.
+pub trait Artifact: Sized {
+    fn serialize(&self) -> Result<Vec<u8>>;
+    /// # Safety
+    /// `path` must hold bytes `serialize` wrote, from a compatible engine:
+    /// loading them runs them as native code.
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> Result<Self>;
+}
+
+impl Artifact for Module {
+    fn serialize(&self) -> Result<Vec<u8>> {
+        Module::serialize(self).map_err(anyhow::Error::from)
+    }
+
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> Result<Self> {
+        // SAFETY: passed on to the caller.
+        unsafe { Module::deserialize_file(engine, path) }.map_err(anyhow::Error::from)
+    }
+}
+
+impl Artifact for Component {
+    fn serialize(&self) -> Result<Vec<u8>> {
+        Component::serialize(self).map_err(anyhow::Error::from)
+    }
+
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> Result<Self> {
+        // SAFETY: passed on to the caller.
+        unsafe { Component::deserialize_file(engine, path) }.map_err(anyhow::Error::from)
     }
 }
 
@@ -88,16 +120,18 @@ impl DiskCache {
             .join(format!("{}.cwasm", hex::encode(h.finalize())))
     }
 
-    /// Loads a module compiled earlier, if there is one.
-    pub fn load(&self, engine: &Engine, module: &Digest32) -> Option<Module> {
-        let path = self.path(module);
+    /// Loads code compiled earlier, if there is any.
+    pub fn load<A: Artifact>(&self, engine: &Engine, digest: &Digest32) -> Option<A> {
+        let path = self.path(digest);
         if !path.exists() {
             return None;
         }
         // SAFETY: the file was written by this shim (see `open` for why no one
-        // else can have written it) with `Module::serialize` from an engine with
-        // the same compatibility hash, which is part of the file name.
-        match unsafe { Module::deserialize_file(engine, &path) } {
+        // else can have written it) with `Artifact::serialize` from an engine
+        // with the same compatibility hash, which is part of the file name.
+        // The digest is that of the wasm bytes, so a module's entry is never
+        // read as a component's, and the other way round.
+        match unsafe { A::deserialize_file(engine, &path) } {
             Ok(m) => {
                 // Refresh the entry's age for eviction.
                 if let Ok(f) = fs::File::open(&path) {
@@ -113,15 +147,15 @@ impl DiskCache {
         }
     }
 
-    /// Stores a compiled module. Errors are logged: the cache is an optimisation.
-    pub fn store(&self, module: &Digest32, compiled: &Module) {
-        if let Err(err) = self.try_store(module, compiled) {
+    /// Stores compiled code. Errors are logged: the cache is an optimisation.
+    pub fn store<A: Artifact>(&self, digest: &Digest32, compiled: &A) {
+        if let Err(err) = self.try_store(digest, compiled) {
             tracing::warn!("cannot write the module cache: {err:#}");
         }
     }
 
-    fn try_store(&self, module: &Digest32, compiled: &Module) -> Result<()> {
-        let bytes = compiled.serialize().map_err(anyhow::Error::from)?;
+    fn try_store<A: Artifact>(&self, module: &Digest32, compiled: &A) -> Result<()> {
+        let bytes = compiled.serialize()?;
         let final_path = self.path(module);
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}",
@@ -182,14 +216,20 @@ mod tests {
         let module = Module::new(&engine, WAT).unwrap();
         let cache = DiskCache::open(&cache_dir, &engine, u64::MAX).unwrap();
         let key = [7u8; 32];
-        assert!(cache.load(&engine, &key).is_none());
+        assert!(cache.load::<Module>(&engine, &key).is_none());
         cache.store(&key, &module);
-        assert!(cache.load(&engine, &key).is_some());
+        assert!(cache.load::<Module>(&engine, &key).is_some());
+
+        // Components are kept the same way.
+        let component = Component::new(&engine, "(component)").unwrap();
+        let ckey = [6u8; 32];
+        cache.store(&ckey, &component);
+        assert!(cache.load::<Component>(&engine, &ckey).is_some());
 
         // A bound of one byte keeps nothing.
         let tiny = DiskCache::open(&cache_dir, &engine, 1).unwrap();
         tiny.store(&[8u8; 32], &module);
-        assert!(tiny.load(&engine, &key).is_none());
+        assert!(tiny.load::<Module>(&engine, &key).is_none());
     }
 
     #[test]
@@ -207,7 +247,7 @@ mod tests {
         let cache = DiskCache::open(&dir.path().join("c"), &engine, u64::MAX).unwrap();
         let key = [9u8; 32];
         fs::write(cache.path(&key), b"\x7fELF garbage").unwrap();
-        assert!(cache.load(&engine, &key).is_none());
+        assert!(cache.load::<Module>(&engine, &key).is_none());
         assert!(!cache.path(&key).exists());
     }
 

@@ -1,9 +1,10 @@
-//! The one Wasmtime `Engine` of a shim, its `Linker`, and the modules it has
+//! The one Wasmtime `Engine` of a shim, its linkers, and the guests it has
 //! compiled.
 //!
 //! Instances come from the pooling allocator, with copy-on-write memory
-//! images, and each module is linked once into an `InstancePre`: a start is
-//! then a slot reuse and a few pointer writes, not an mmap and a link.
+//! images, and each guest (module or component, see [`super::guest`]) is
+//! linked once into an `InstancePre`: a start is then a slot reuse and a few
+//! pointer writes, not an mmap and a link.
 //!
 //! Guests run as async calls on the shim's tokio runtime. Epoch interruption
 //! makes every guest yield each [`TICK`], which keeps a spinning guest from
@@ -18,12 +19,11 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, WasmBacktraceDetails,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails,
 };
 
 use super::cache::DiskCache;
-use super::instance::GuestState;
+use super::guest::{Kind, Linked, Toolbox};
 
 /// How many guests one shim can hold at once (the pool's size).
 /// `WASMTIME_SHIM_MAX_INSTANCES` overrides it.
@@ -78,13 +78,15 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// A module's sha256.
 pub type Digest32 = [u8; 32];
 
+/// One guest's compile-and-link, done once however many Creates wait for it.
+type LinkOnce = OnceCell<Arc<dyn Linked>>;
+
 pub struct WasmEngine {
     pub engine: Engine,
-    linker: Linker<GuestState>,
-    disk: Option<Arc<DiskCache>>,
-    /// Compiled and linked modules by sha256. A `OnceCell` per digest makes
-    /// concurrent Creates of one module compile it once.
-    modules: Mutex<HashMap<Digest32, Arc<OnceCell<InstancePre<GuestState>>>>>,
+    tools: Arc<Toolbox>,
+    /// Compiled and linked guests by sha256. A `OnceCell` per digest makes
+    /// concurrent Creates of one guest compile it once.
+    linked: Mutex<HashMap<Digest32, Arc<LinkOnce>>>,
 }
 
 impl WasmEngine {
@@ -104,11 +106,21 @@ impl WasmEngine {
             // without debug sections cost nothing more; the setting is part
             // of the engine's compatibility hash, so of the cache's key.
             .wasm_backtrace_details(WasmBacktraceDetails::Enable);
+        // A component made from a C program with the preview 1 adapter is
+        // four core instances (program, adapter, and two of wit-component's
+        // glue) sharing one memory, with two tables: size the pool so that
+        // `max_instances` such guests fit as well as as many modules. Memory
+        // slots, the costly part (reserved address space), stay one each.
+        let n = settings.max_instances;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(settings.max_instances)
-            .total_memories(settings.max_instances)
-            .total_tables(settings.max_instances)
-            .total_stacks(settings.max_instances)
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(2))
+            .total_stacks(n)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
             // Returns a freed slot's pages to the kernel, so an idle shim
             // keeps no guest memory resident.
             .linear_memory_keep_resident(0);
@@ -126,83 +138,56 @@ impl WasmEngine {
                     .context("create the wasmtime engine")?
             }
         };
-        let linker = super::instance::linker(&engine)?;
         let disk = settings.cache_dir.as_ref().and_then(|dir| {
             DiskCache::open(dir, &engine, settings.cache_max_bytes)
                 .inspect_err(|err| tracing::warn!("module cache disabled: {err:#}"))
                 .ok()
-                .map(Arc::new)
         });
+        let tools = Toolbox {
+            engine: engine.clone(),
+            disk,
+            modules: super::instance::module_linker(&engine)?,
+            components: super::instance::component_linker(&engine)?,
+        };
         spawn_epoch_ticker(engine.clone());
         Ok(Self {
             engine,
-            linker,
-            disk,
-            modules: Mutex::default(),
+            tools: Arc::new(tools),
+            linked: Mutex::default(),
         })
     }
 
-    /// Compiles and links a core module, or returns the cached result.
+    /// Compiles and links a guest of `kind`, or returns the cached result.
     /// Compiling is CPU-heavy, so it runs on a blocking thread.
-    pub async fn instance_pre(
+    pub async fn link(
         &self,
+        kind: &'static dyn Kind,
         digest: Digest32,
         bytes: Arc<Vec<u8>>,
-    ) -> Result<InstancePre<GuestState>> {
+    ) -> Result<Arc<dyn Linked>> {
         let cell = self
-            .modules
+            .linked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(digest)
             .or_default()
             .clone();
-        let pre = cell
+        let linked = cell
             .get_or_try_init(|| async {
-                let module = self.compile(digest, bytes).await?;
-                self.linker
-                    .instantiate_pre(&module)
-                    .map_err(anyhow::Error::from)
-                    .context("the module cannot be linked against WASI preview 1")
+                let tools = self.tools.clone();
+                tokio::task::spawn_blocking(move || kind.link(&tools, &digest, &bytes))
+                    .await
+                    .context("compile task failed")?
             })
             .await;
-        if pre.is_err() {
+        if linked.is_err() {
             // Do not keep a failed entry around.
-            self.modules
+            self.linked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&digest);
         }
-        pre.cloned()
-    }
-}
-
-impl WasmEngine {
-    /// Takes the module from the disk cache, or compiles it and stores it
-    /// there. Both are CPU-heavy and run on a blocking thread.
-    async fn compile(&self, digest: Digest32, bytes: Arc<Vec<u8>>) -> Result<Module> {
-        let engine = self.engine.clone();
-        let disk = self.disk.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Some(module) = disk.as_ref().and_then(|d| d.load(&engine, &digest)) {
-                tracing::debug!(digest = hex::encode(digest), "module cache hit");
-                return Ok(module);
-            }
-            let started = std::time::Instant::now();
-            let module = Module::from_binary(&engine, &bytes)
-                .map_err(anyhow::Error::from)
-                .context("the module is not valid WebAssembly")?;
-            tracing::info!(
-                digest = hex::encode(digest),
-                compile_ms = started.elapsed().as_millis() as u64,
-                "compiled"
-            );
-            if let Some(disk) = &disk {
-                disk.store(&digest, &module);
-            }
-            Ok(module)
-        })
-        .await
-        .context("compile task failed")?
+        linked.cloned()
     }
 }
 
@@ -226,6 +211,7 @@ fn spawn_epoch_ticker(engine: Engine) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmtime::Module;
 
     fn engine(details: WasmBacktraceDetails) -> Engine {
         let mut config = Config::new();

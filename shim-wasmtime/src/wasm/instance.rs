@@ -1,5 +1,5 @@
 //! One guest: its WASI context, its `Store` with memory limits, and the call
-//! to `_start`, turned into an exit code.
+//! to its entry point (see [`super::guest`]), turned into an exit code.
 //!
 //! Exit codes follow what the same program would get natively, so operators
 //! read them the usual way:
@@ -7,6 +7,8 @@
 //! | how the guest ended | code |
 //! |---|---|
 //! | `proc_exit(n)` or `return n` from `main` | `n & 0xff` |
+//! | a component's `wasi:cli/exit.exit-with-code(n)` | `n` |
+//! | a component's `exit(err)`, or `run` returning `err` | 1 |
 //! | trap: `unreachable` (also C's `abort()`), and any other trap | 134 (SIGABRT) |
 //! | trap: integer division by zero, integer overflow, bad float conversion | 136 (SIGFPE) |
 //! | trap: stack overflow, out-of-bounds memory or table access | 139 (SIGSEGV) |
@@ -18,11 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use wasmtime::{Engine, InstancePre, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::component;
+use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::guest::Linked;
 use super::mounts::Preopen;
 use crate::lifecycle::{Exit, GuestIo, LiveLimits, Running, Usage};
 
@@ -126,9 +130,10 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// The linker every guest is linked with: WASI preview 1, with `proc_exit`
-/// replaced so that any status, not only those below 126, becomes the exit code.
-pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
+/// The linker core modules are linked with: WASI preview 1, with
+/// `proc_exit` replaced so that any status, not only those below 126,
+/// becomes the exit code.
+pub fn module_linker(engine: &Engine) -> Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
         .map_err(anyhow::Error::from)
@@ -145,13 +150,36 @@ pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     Ok(linker)
 }
 
-/// A guest ready to start: its linked module and what its WASI context needs.
+/// The linker components are linked with: WASI 0.2, every interface
+/// wasmtime-wasi implements. Sockets are linked but refused: the context
+/// grants no network.
+pub fn component_linker(engine: &Engine) -> Result<component::Linker<GuestState>> {
+    let mut linker = component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("add WASI 0.2 to the component linker")?;
+    Ok(linker)
+}
+
+/// Components reach their WASI context through this view; modules through
+/// the preview 1 context itself, which holds the same context.
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
+}
+
+/// A guest ready to start: its linked module or component and what its
+/// WASI context needs.
 pub struct Guest {
     pub engine: Engine,
-    pub pre: InstancePre<GuestState>,
+    pub linked: Arc<dyn Linked>,
     pub module_path: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The spec's `process.cwd`: a component's `initial-cwd`. (Preview 1
+    /// has no way to carry it.)
+    pub cwd: String,
     pub preopens: Vec<Preopen>,
     pub limits: Arc<LiveLimits>,
     pub usage: Arc<Usage>,
@@ -164,6 +192,7 @@ impl Guest {
         // write returns once its bytes are in the task's pipe.
         b.args(&self.args)
             .envs(&self.env)
+            .initial_cwd(&self.cwd)
             .stdin(AsyncStdinStream::new(io.stdin))
             .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout))
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr));
@@ -182,7 +211,7 @@ impl Guest {
         Ok(wasi)
     }
 
-    /// Instantiates the guest and returns the future that runs `_start`.
+    /// Instantiates the guest and returns the future that runs its entry point.
     pub async fn start(self, io: GuestIo) -> Result<Running> {
         let wasi = self.wasi(io)?;
         self.usage
@@ -214,20 +243,13 @@ impl Guest {
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().throttle.on_tick()));
 
         let path = self.module_path;
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
+        let entry = self
+            .linked
+            .instantiate(&mut store)
             .await
-            .map_err(anyhow::Error::from)
             .with_context(|| format!("instantiate {path}"))?;
-        let start = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("{path} exports no `_start` function: it is not a WASI command")
-            })?;
         Ok(Box::pin(async move {
-            let result = start.call_async(&mut store, ()).await;
+            let result = entry.call(&mut store).await;
             let refused = store.data().limiter.refused;
             exit_of(result, &path, refused)
         }))

@@ -1,12 +1,15 @@
 //! The Wasmtime engine behind the lifecycle's [`Runtime`] trait.
 //!
-//! Create finds the module in the rootfs, checks what it is, compiles it (or
-//! takes it from the cache) and links it; Start instantiates it in a `Store`
-//! of its own and calls `_start`.
+//! Create finds the module in the rootfs (or containerd's content store),
+//! tells what kind of guest it is ([`guest`]: a preview 1 module or a
+//! preview 2 command component), compiles it (or takes it from the cache)
+//! and links it; Start instantiates it in a `Store` of its own and calls its
+//! entry point.
 
 pub mod cache;
 pub mod content;
 pub mod engine;
+pub mod guest;
 pub mod instance;
 pub mod module;
 pub mod mounts;
@@ -18,7 +21,6 @@ use async_trait::async_trait;
 
 use self::engine::WasmEngine;
 use self::instance::Guest;
-use self::module::Format;
 use crate::lifecycle::{GuestIo, Prepared, Running, Runtime, TaskSpec, Usage};
 
 pub struct WasmtimeRuntime {
@@ -130,29 +132,26 @@ impl Runtime for WasmtimeRuntime {
         let digest = engine::sha256(&bytes);
         let engine = self.engine().await?;
 
-        match module::classify(&bytes).with_context(|| format!("module {module_path}"))? {
-            Format::CoreModule => {}
-            Format::Component => bail!(
-                "module {module_path} is a WebAssembly component; this shim runs core modules (WASI preview 1) only"
-            ),
-        }
-        let pre = engine
-            .instance_pre(digest, Arc::new(bytes))
+        let kind = guest::identify(&bytes).with_context(|| format!("module {module_path}"))?;
+        let linked = engine
+            .link(kind, digest, Arc::new(bytes))
             .await
-            .with_context(|| format!("module {module_path}"))?;
+            .with_context(|| format!("{} {module_path}", kind.name()))?;
         let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
         tracing::debug!(
             id = task.id,
             module = module_path,
             digest = hex::encode(digest),
+            kind = kind.name(),
             "prepared"
         );
         Ok(Box::new(WasmPrepared(Guest {
             engine: engine.engine.clone(),
-            pre,
+            linked,
             module_path,
             args,
             env: env_pairs(&env),
+            cwd: process.cwd().to_string_lossy().into_owned(),
             preopens,
             limits: task.limits.clone(),
             usage,

@@ -1,0 +1,88 @@
+//! Making a WASI preview 2 component from a WASI preview 1 module, the way
+//! the ecosystem does it: `wit-component` wraps the module with Wasmtime's
+//! preview 1 adapter, which implements `wasi_snapshot_preview1` on top of
+//! WASI 0.2. The adapter comes from the Wasmtime release the shim links
+//! (`wasi-preview1-component-adapter-provider`), so the component's
+//! `wasi:*@0.2.x` imports are ones the shim provides.
+
+use anyhow::{ensure, Context, Result};
+use wasi_preview1_component_adapter_provider::{
+    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+};
+
+/// Which adapter: what the component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    /// A program with a `main` (`_start`): exports `wasi:cli/run`.
+    Command,
+    /// A library: exports what the module exports.
+    Reactor,
+    /// An HTTP handler: exports `wasi:http/incoming-handler`.
+    Proxy,
+}
+
+/// Wraps a preview 1 core module into a component with `adapter`.
+pub fn componentize(module: &[u8], adapter: Adapter) -> Result<Vec<u8>> {
+    ensure!(
+        wasmparser::Parser::is_core_wasm(module),
+        "the input is not a WebAssembly core module (a component already, or not wasm)"
+    );
+    let bytes = match adapter {
+        Adapter::Command => WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        Adapter::Reactor => WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        Adapter::Proxy => WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
+    };
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .context("read the module")?
+        .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, bytes)
+        .context("add the preview 1 adapter")?
+        .validate(true)
+        .encode()
+        .context("encode the component")
+}
+
+/// A warning for a module that exports no `cabi_realloc`, as modules built
+/// with wasi-libc before 2023 do (Debian bookworm's among them). The adapter
+/// then takes its stack and state with `memory.grow`, and such a libc's
+/// malloc claims all memory it finds when it first runs: once the program's
+/// heap grows past the module's initial memory it overwrites the adapter's
+/// state, which traps ("assertion failed at adapter line ..."; the wasmtime
+/// CLI fails the same way). `None` when the module exports one.
+pub fn realloc_warning(module: &[u8]) -> Option<String> {
+    let info = crate::inspect::inspect(module).ok()?;
+    (!info.exports.iter().any(|e| e == "cabi_realloc")).then(|| {
+        "the module exports no cabi_realloc, as modules built with a wasi-libc older than 2023 \
+         do: if its heap grows past the module's initial memory, that libc's malloc overwrites \
+         the adapter's state and the component traps (\"assertion failed at adapter line\"). \
+         Build programs that allocate much with wasi-sdk 20 or later"
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_module_becomes_a_command_component() {
+        let module = wat::parse_str(
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                (memory (export "memory") 1)
+                (func (export "_start") i32.const 3 call $exit))"#,
+        )
+        .unwrap();
+        let component = componentize(&module, Adapter::Command).unwrap();
+        let info = crate::inspect::inspect(&component).unwrap();
+        assert!(info.component);
+        assert!(
+            info.exports
+                .iter()
+                .any(|e| e.starts_with("wasi:cli/run@0.2.")),
+            "{info:?}"
+        );
+        assert!(componentize(&component, Adapter::Command).is_err());
+    }
+}

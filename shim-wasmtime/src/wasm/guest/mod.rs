@@ -1,0 +1,185 @@
+//! The kinds of guest the shim runs, each behind the same two small traits:
+//!
+//! - [`Kind`]: compiles a guest (or loads code the shim compiled before) and
+//!   links it, once per module digest;
+//! - [`Linked`]: instantiates it in a task's `Store` and hands back its
+//!   entry point ([`Entry`]), which runs it to its end.
+//!
+//! | file | kind | entry point |
+//! |---|---|---|
+//! | `p1.rs` | WASI preview 1 core module | `_start` |
+//! | `command.rs` | WASI preview 2 command component | `wasi:cli/run.run` |
+//!
+//! [`identify`] tells the kinds apart from the bytes. A new kind (an HTTP
+//! service, WAGI) is one more file and one more line there.
+
+mod command;
+mod p1;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Linker, Module, Store};
+
+use super::cache::{Artifact, DiskCache};
+use super::engine::Digest32;
+use super::instance::GuestState;
+use super::module::Format;
+
+/// What compiling and linking need: one per shim.
+pub struct Toolbox {
+    pub engine: Engine,
+    pub disk: Option<DiskCache>,
+    /// WASI preview 1, for core modules.
+    pub modules: Linker<GuestState>,
+    /// WASI preview 2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...),
+    /// for components.
+    pub components: wasmtime::component::Linker<GuestState>,
+}
+
+/// One kind of guest.
+pub trait Kind: Send + Sync {
+    /// How messages name it.
+    fn name(&self) -> &'static str;
+    /// Compiles and links the guest. CPU-heavy: call on a blocking thread.
+    fn link(
+        &self,
+        tools: &Toolbox,
+        digest: &Digest32,
+        bytes: &[u8],
+    ) -> Result<std::sync::Arc<dyn Linked>>;
+}
+
+/// A compiled and linked guest, shared by every task that runs it.
+#[async_trait]
+pub trait Linked: Send + Sync {
+    /// Instantiates the guest in `store`; an error fails Start.
+    async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>>;
+}
+
+/// An instantiated guest's entry point.
+#[async_trait]
+pub trait Entry: Send {
+    /// Runs the guest to its end. `I32Exit` errors carry its exit code.
+    async fn call(self: Box<Self>, store: &mut Store<GuestState>) -> wasmtime::Result<()>;
+}
+
+/// The export that makes a component a command.
+const RUN: &str = "wasi:cli/run@0.2";
+/// The export that makes a component an HTTP service.
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+
+/// Tells what kind of guest `bytes` are, from their header and, for a
+/// component, its exports.
+pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
+    if super::module::classify(bytes)? == Format::CoreModule {
+        return Ok(&p1::P1Module);
+    }
+    let info = oci_artifact::inspect::inspect(bytes).context("read the component's exports")?;
+    let exports = |prefix: &str| info.exports.iter().any(|e| e.starts_with(prefix));
+    if exports(HTTP_HANDLER) {
+        bail!(
+            "the component exports {HTTP_HANDLER}.x: it is an HTTP service (wasi:http/proxy), \
+             which this shim does not serve yet"
+        );
+    }
+    if exports(RUN) {
+        return Ok(&command::Command);
+    }
+    let found = if info.exports.is_empty() {
+        "none".to_string()
+    } else {
+        info.exports.join(", ")
+    };
+    if info.exports.iter().any(|e| e.contains("@0.3")) {
+        bail!("the component is a WASI 0.3 component (exports: {found}); this shim runs WASI 0.2 components");
+    }
+    bail!(
+        "the component exports {found}; a command component exports {RUN}.x \
+         (an HTTP service, {HTTP_HANDLER}.x, is not served yet)"
+    )
+}
+
+/// Compiles `bytes`, or loads the code the shim compiled for them before.
+fn compile<A: Artifact + Compile>(tools: &Toolbox, digest: &Digest32, bytes: &[u8]) -> Result<A> {
+    if let Some(compiled) = tools
+        .disk
+        .as_ref()
+        .and_then(|d| d.load::<A>(&tools.engine, digest))
+    {
+        tracing::debug!(digest = hex::encode(digest), "compiled-code cache hit");
+        return Ok(compiled);
+    }
+    let started = std::time::Instant::now();
+    let compiled = A::compile(&tools.engine, bytes)?;
+    tracing::info!(
+        digest = hex::encode(digest),
+        compile_ms = started.elapsed().as_millis() as u64,
+        "compiled"
+    );
+    if let Some(disk) = &tools.disk {
+        disk.store(digest, &compiled);
+    }
+    Ok(compiled)
+}
+
+/// Compiling from wasm bytes, for each kind of compiled code.
+trait Compile: Sized {
+    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self>;
+}
+
+impl Compile for Module {
+    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self> {
+        Module::from_binary(engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("the module is not valid WebAssembly")
+    }
+}
+
+impl Compile for Component {
+    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self> {
+        Component::from_binary(engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("the component is not valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(wat: &str) -> Vec<u8> {
+        wat::parse_str(wat).unwrap()
+    }
+
+    #[test]
+    fn kinds_are_told_apart_by_header_and_exports() {
+        let module = wat::parse_str("(module)").unwrap();
+        assert_eq!(identify(&module).unwrap().name(), p1::P1Module.name());
+
+        let run = component(
+            r#"(component
+                (core module $m (func (export "run") (result i32) i32.const 0))
+                (core instance $i (instantiate $m))
+                (func $run (result (result)) (canon lift (core func $i "run")))
+                (instance $e (export "run" (func $run)))
+                (export "wasi:cli/run@0.2.3" (instance $e)))"#,
+        );
+        assert_eq!(identify(&run).unwrap().name(), command::Command.name());
+
+        let none = identify(&component("(component)")).err().unwrap();
+        assert!(none.to_string().contains("exports none"), "{none}");
+        assert!(none.to_string().contains("wasi:cli/run"), "{none}");
+
+        assert!(identify(b"\0asm\x0d\0\x01\0\x07")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("component"));
+        assert!(identify(b"\x7fELF\x02")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("native"));
+    }
+}
