@@ -8,7 +8,8 @@
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
 # Every run rebuilds everything and produces the same bytes.
 #
-# Needs (Debian): clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt gcc libc6-dev
+# Needs (Debian): clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt gcc libc6-dev;
+# and the Rust toolchain, for oci-artifact (componentize)
 set -euo pipefail
 
 EXAMPLES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,16 +54,18 @@ echo "wasm   $OUT/trap-debug.wasm (with DWARF)"
 
 # The same programs as WASI preview 2 command components: each module wrapped
 # with Wasmtime's preview 1 command adapter by `oci-artifact componentize`.
-CLI="${OCI_ARTIFACT:-$ROOT/target/release/oci-artifact}"
-if [[ ! -x "$CLI" ]]; then
-    cargo build --release -q -p oci-artifact --manifest-path "$ROOT/Cargo.toml"
+# Builds the CLI when it is missing or stale (a no-op when it is current).
+if [[ -z "${OCI_ARTIFACT:-}" ]]; then
+    command -v cargo >/dev/null || die "cargo not found: the Rust toolchain builds oci-artifact"
+    cargo build --release --locked -q -p oci-artifact --manifest-path "$ROOT/Cargo.toml"
 fi
+CLI="${OCI_ARTIFACT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/oci-artifact}"
 mkdir -p "$OUT/p2"
 for src in */*.c; do
     [[ "$src" == native/* ]] && continue
     name="$(basename "$src" .c)"
     echo "p2     $OUT/p2/$name.wasm"
-    "$CLI" componentize "$OUT/$name.wasm" -o "$OUT/p2/$name.wasm" 2>/dev/null >/dev/null
+    "$CLI" componentize "$OUT/$name.wasm" -o "$OUT/p2/$name.wasm" >/dev/null
 done
 
 # Broken inputs. component.wat is documentation only: wat2wasm cannot encode

@@ -268,9 +268,24 @@ fn components_see_mounts_read_only_where_asked() -> Result<()> {
         std::fs::read_to_string(ro.path().join("in.txt"))?,
         "from the host"
     );
-    // Nothing outside the rootfs and mounts.
-    let out = run("c-f4", &["read", "/../../../../etc/hostname"])?;
-    assert_ne!(out.code, Some(0), "{out:?}");
+    // Nothing outside the rootfs and mounts: a file beside the mount's
+    // source on the host stays out of reach through `..`.
+    let outside = rw.path().with_extension("outside");
+    std::fs::write(&outside, "host secret")?;
+    let name = outside
+        .file_name()
+        .context("file name")?
+        .to_string_lossy()
+        .into_owned();
+    for path in [
+        format!("/data/../{name}"),
+        format!("/data/../../../../../{name}"),
+    ] {
+        let out = run("c-f4", &["read", &path])?;
+        assert_eq!(out.code, Some(1), "{path}: {out:?}");
+        assert!(!out.stdout.contains("host secret"), "{path}: {out:?}");
+    }
+    std::fs::remove_file(&outside)?;
     cd.assert_clean()
 }
 
@@ -322,14 +337,16 @@ fn limits_kill_and_stats_apply_to_components() -> Result<()> {
     assert_eq!(out.code, Some(15), "15 MiB beside the first page: {out:?}");
     assert_eq!(cd.run_rm(&grow, "c-m2", &["/grow.wasm"])?.code, Some(64));
 
-    // A C program whose heap outgrows its initial memory, built with
-    // Debian's 2022 wasi-libc: that libc's malloc overwrites the preview 1
-    // adapter's state, and the adapter traps (the wasmtime CLI fails the
-    // same way). A clear trap, not a crash of the shim.
+    // A C program whose heap outgrows its initial memory. Built with
+    // Debian's 2022 wasi-libc, its malloc overwrites the preview 1 adapter's
+    // state and the adapter traps (the wasmtime CLI fails the same way);
+    // with a newer libc it runs. Either way a clear end, and the shim
+    // carries on (the runs below).
     let memhog = import_p2(&cd, "memhog")?;
     let out = cd.run_rm(&memhog, "c-m3", &["/memhog.wasm", "4"])?;
-    assert_eq!(out.code, Some(134), "{out:?}");
-    assert!(out.stderr.contains("adapter"), "{}", out.stderr);
+    let trapped_in_adapter = out.code == Some(134) && out.stderr.contains("adapter");
+    let ran = out.code == Some(0) && out.stdout.trim() == "allocated 4 MiB";
+    assert!(trapped_in_adapter || ran, "{out:?}");
 
     // Stats and Pids of a component blocked in a host call, then a kill
     // that stops it there: ctr run exits 128 + SIGKILL.

@@ -356,10 +356,10 @@ fn bad_modules_fail_with_a_clear_error() -> Result<()> {
             "not valid WebAssembly",
         ),
         (
-            "component",
+            "badcomp",
             cd.import("bad-component")?,
             vec![],
-            "component",
+            "exports none",
         ),
         (
             "noimport",

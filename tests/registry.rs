@@ -599,6 +599,15 @@ fn bad_images_are_refused_with_clear_errors() -> Result<()> {
             layers: vec![(WASM_LAYER, hello.clone())],
             error: "but layer",
         },
+        // A core module whose config describes a component's interface.
+        Bad {
+            name: "module-with-component-field",
+            config: |d| {
+                wasm_config(Some("wasip1"), Some(d)).replace("\n}", ",\n    \"component\": {}\n}")
+            },
+            layers: vec![(WASM_LAYER, hello.clone())],
+            error: "has a \"component\" field, but layer",
+        },
         // Native code posing as a module (a precompiled artifact, or any ELF):
         // refused before anything could load it.
         Bad {

@@ -43,24 +43,6 @@ pub fn componentize(module: &[u8], adapter: Adapter) -> Result<Vec<u8>> {
         .context("encode the component")
 }
 
-/// A warning for a module that exports no `cabi_realloc`, as modules built
-/// with wasi-libc before 2023 do (Debian bookworm's among them). The adapter
-/// then takes its stack and state with `memory.grow`, and such a libc's
-/// malloc claims all memory it finds when it first runs: once the program's
-/// heap grows past the module's initial memory it overwrites the adapter's
-/// state, which traps ("assertion failed at adapter line ..."; the wasmtime
-/// CLI fails the same way). `None` when the module exports one.
-pub fn realloc_warning(module: &[u8]) -> Option<String> {
-    let info = crate::inspect::inspect(module).ok()?;
-    (!info.exports.iter().any(|e| e == "cabi_realloc")).then(|| {
-        "the module exports no cabi_realloc, as modules built with a wasi-libc older than 2023 \
-         do: if its heap grows past the module's initial memory, that libc's malloc overwrites \
-         the adapter's state and the component traps (\"assertion failed at adapter line\"). \
-         Build programs that allocate much with wasi-sdk 20 or later"
-            .to_string()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

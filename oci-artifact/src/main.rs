@@ -129,8 +129,9 @@ enum Command {
         /// Where to write the component.
         #[arg(short, long)]
         output: PathBuf,
-        /// command: a program (exports wasi:cli/run); reactor: a library;
-        /// proxy: an HTTP handler (exports wasi:http/incoming-handler).
+        /// command: a program (exports wasi:cli/run), which the shim runs;
+        /// reactor: a library, and proxy: an HTTP handler (exports
+        /// wasi:http/incoming-handler), which the shim does not run yet.
         #[arg(long, value_enum, default_value = "command")]
         adapter: AdapterArg,
     },
@@ -342,9 +343,6 @@ fn run(cli: Cli) -> Result<()> {
                 AdapterArg::Reactor => oci_artifact::component::Adapter::Reactor,
                 AdapterArg::Proxy => oci_artifact::component::Adapter::Proxy,
             };
-            if let Some(warning) = oci_artifact::component::realloc_warning(&bytes) {
-                eprintln!("oci-artifact: warning: {warning}");
-            }
             let component = oci_artifact::component::componentize(&bytes, adapter)
                 .with_context(|| format!("make a component from {}", module.display()))?;
             std::fs::write(&output, &component)

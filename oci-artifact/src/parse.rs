@@ -197,7 +197,8 @@ pub fn parse(
             );
             // The config says what the layer is: a preview 1 module
             // (wasip1) or a component (wasip2, with a `component` field).
-            let holds = crate::wasi_os(&module)?;
+            let holds =
+                crate::wasi_os(&module).with_context(|| format!("layer {}", layer.digest))?;
             let kind = |os: &str| {
                 if os == "wasip2" {
                     "component"
@@ -206,16 +207,16 @@ pub fn parse(
                 }
             };
             ensure!(
-                holds == os && (config.get("component").is_some() <= (holds == "wasip2")),
-                "the config describes a {} (os {os:?}{}), but layer {} holds a {}",
+                holds == os,
+                "the config says os {os:?} (a {}), but layer {} holds a {}",
                 kind(&os),
-                if config.get("component").is_some() {
-                    ", with a \"component\" field"
-                } else {
-                    ""
-                },
                 layer.digest,
                 kind(holds)
+            );
+            ensure!(
+                holds == "wasip2" || config.get("component").is_none(),
+                "the config has a \"component\" field, but layer {} holds a core module",
+                layer.digest
             );
             Ok(WasmImage {
                 form: Form::Artifact,

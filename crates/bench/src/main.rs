@@ -158,6 +158,8 @@ fn main() -> ExitCode {
 /// The four example images the measures use.
 struct Images {
     hello: (PathBuf, ImageInfo),
+    /// The same hello as a WASI preview 2 command component.
+    hello_p2: (PathBuf, ImageInfo),
     hello_native: (PathBuf, ImageInfo),
     sleep: (PathBuf, ImageInfo),
     busybox: (PathBuf, ImageInfo),
@@ -178,6 +180,7 @@ fn read_images(dir: &Path) -> Result<Images> {
     };
     Ok(Images {
         hello: read("hello")?,
+        hello_p2: read("hello-p2")?,
         hello_native: read("hello-native")?,
         sleep: read("sleep")?,
         busybox: read("busybox")?,
@@ -283,31 +286,54 @@ async fn run(cli: Cli) -> Result<bool> {
 /// the private containerd's log, which carries the shim's log lines, and
 /// writes `start-to-entry.json` beside the other results.
 fn report_start_to_entry(log: &str, out: &Path) {
-    let samples: Vec<f64> = log
-        .lines()
-        .filter_map(|l| {
-            l.split("start_us=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .collect();
-    let Some(s) = stats::summarize(&samples) else {
-        warn("no start_us lines in containerd's log: the Start to _start time is unknown");
-        return;
+    // Component containers carry the `p2` workload's tag (`<run>-p-…`).
+    let is_component = |l: &str| {
+        l.split("id=")
+            .nth(1)
+            .and_then(|id| id.split_whitespace().next())
+            .is_some_and(|id| id.contains("-p-"))
     };
-    println!(
-        "shim: Start request -> guest _start (warm cache), n={}: min {:.0} us, p50 {:.0} us, p95 {:.0} us, max {:.0} us",
-        samples.len(),
-        s.min,
-        s.p50,
-        s.p95,
-        s.max
-    );
-    let json = serde_json::json!({"unit": "us", "samples": samples, "min": s.min, "p50": s.p50, "p95": s.p95, "max": s.max});
-    if let Err(err) = std::fs::write(out.join("start-to-entry.json"), json.to_string()) {
+    let samples = |component: bool| -> Vec<f64> {
+        log.lines()
+            .filter(|l| is_component(l) == component)
+            .filter_map(|l| {
+                l.split("start_us=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .collect()
+    };
+    let mut json = serde_json::Map::new();
+    for (key, what, samples) in [
+        ("module", "module _start", samples(false)),
+        ("component", "component wasi:cli/run", samples(true)),
+    ] {
+        let Some(s) = stats::summarize(&samples) else {
+            warn(&format!(
+                "no start_us lines for the {key} in containerd's log: its Start to entry time is unknown"
+            ));
+            continue;
+        };
+        println!(
+            "shim: Start request -> {what} (warm cache), n={}: min {:.0} us, p50 {:.0} us, p95 {:.0} us, max {:.0} us",
+            samples.len(),
+            s.min,
+            s.p50,
+            s.p95,
+            s.max
+        );
+        json.insert(
+            key.to_string(),
+            serde_json::json!({"unit": "us", "samples": samples, "min": s.min, "p50": s.p50, "p95": s.p95, "max": s.max}),
+        );
+    }
+    if let Err(err) = std::fs::write(
+        out.join("start-to-entry.json"),
+        serde_json::Value::Object(json).to_string(),
+    ) {
         warn(&format!("cannot write start-to-entry.json: {err}"));
     }
 }
@@ -346,6 +372,7 @@ async fn bench(
     phase("importing images");
     for (tar, _) in [
         &images.hello,
+        &images.hello_p2,
         &images.hello_native,
         &images.sleep,
         &images.busybox,
@@ -388,6 +415,18 @@ async fn bench(
             strings(&["/busybox", "sleep", "3600"]),
         ),
     ]);
+    // The hello component against the hello module, both through the shim.
+    let component = Pair([
+        workload(
+            "p2",
+            WASM_RUNTIME,
+            WASM_SHIM,
+            "hello-p2",
+            &images.hello_p2.1,
+            None,
+        ),
+        hello.side(0).clone(),
+    ]);
     // Unique per run, so runs never collide and leftovers are recognized.
     let run = format!("wb{}-{:x}", std::process::id(), unix_time % 0x10000);
     let b = Arc::new(Bench::new(
@@ -397,7 +436,8 @@ async fn bench(
         run.clone(),
         hello,
         idle,
-        images.hello.0.clone(),
+        component,
+        [images.hello.0.clone(), images.hello_p2.0.clone()],
         ctr_bin,
         cli.snapshotter.clone(),
     ));
@@ -479,29 +519,37 @@ async fn run_measures(
         return;
     }
     phase(&format!(
-        "1/5 cold start through the API, {} runs each",
+        "1/6 cold start through the API, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, API", measures::cold_api(b).await);
     phase(&format!(
-        "2/5 cold start through ctr run --rm, {} runs each",
+        "2/6 cold start through ctr run --rm, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, ctr run", measures::cold_ctr(b).await);
     phase(&format!(
-        "3/5 throughput, {} tasks in a row and {} at a time",
+        "3/6 throughput, {} tasks in a row and {} at a time",
         b.cfg.throughput_tasks, b.cfg.concurrency
     ));
     record("throughput", measures::throughput(b).await);
-    phase(&format!("4/5 idle memory, K = {:?}", b.cfg.idle));
+    phase(&format!("4/6 idle memory, K = {:?}", b.cfg.idle));
     record("idle memory", measures::idle_memory(b).await);
     if b.cfg.first_runs > 0 {
         phase(&format!(
-            "5/5 wasm first start in {} fresh containerds, {} cached starts after each",
+            "5/6 wasm first start in {} fresh containerds, {} cached starts after each",
             b.cfg.first_runs, b.cfg.cached_runs
         ));
         record("first vs cached start", measures::first_vs_cached(b).await);
     } else {
-        phase("5/5 first start: skipped (--first-runs 0)");
+        phase("5/6 first start: skipped (--first-runs 0)");
     }
+    phase(&format!(
+        "6/6 the hello component against the hello module, {} runs each, and its first start",
+        b.cfg.iterations
+    ));
+    record(
+        "component vs module",
+        measures::component_vs_module(b).await,
+    );
 }

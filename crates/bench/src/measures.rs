@@ -1,6 +1,7 @@
-//! The five measures, each comparing the wasm shim with runc on the same
-//! containerd, run by run, alternating which goes first so that neither is
-//! always the one that follows the other. Each returns its measures or the
+//! The measures: the first five compare the wasm shim with runc on the same
+//! containerd, the sixth a component with the same program as a module; run
+//! by run, alternating which goes first so that neither is always the one
+//! that follows the other. Each returns its measures or the
 //! error that stopped it, after removing the containers it created.
 
 use std::collections::HashSet;
@@ -48,8 +49,11 @@ pub struct Bench {
     pub hello: Pair,
     /// Sleeps: `[wasm sleep, runc busybox sleep]`.
     pub idle: Pair,
-    /// For the first-start measure, which needs containerds of its own.
-    pub hello_tar: PathBuf,
+    /// The hello component against the hello module: `[p2, wasm]`.
+    pub component: Pair,
+    /// For the first-start measures, which need containerds of their own:
+    /// the hello module's image and the hello component's.
+    pub hello_tars: [PathBuf; 2],
     pub ctr_bin: PathBuf,
     pub snapshotter: String,
     seq: AtomicU64,
@@ -64,7 +68,8 @@ impl Bench {
         run: String,
         hello: Pair,
         idle: Pair,
-        hello_tar: PathBuf,
+        component: Pair,
+        hello_tars: [PathBuf; 2],
         ctr_bin: PathBuf,
         snapshotter: String,
     ) -> Self {
@@ -75,7 +80,8 @@ impl Bench {
             run,
             hello,
             idle,
-            hello_tar,
+            component,
+            hello_tars,
             ctr_bin,
             snapshotter,
             seq: AtomicU64::new(0),
@@ -135,10 +141,16 @@ pub async fn ensure_unpacked(api: &Api, ctr: &Ctr, w: &Workload, scratch: &Path)
 /// One unmeasured run of each hello, through `ctr run` and through the API,
 /// so that no measure pays for the first touch of binaries and images.
 pub async fn warm_up(b: &Bench) -> Result<()> {
-    for w in b.hello.both().iter().chain(b.idle.both()) {
+    for w in b
+        .hello
+        .both()
+        .iter()
+        .chain(b.idle.both())
+        .chain(b.component.both())
+    {
         ensure_unpacked(&b.api, &b.ctr, w, &b.scratch(tag(w))).await?;
     }
-    for w in b.hello.both() {
+    for w in b.hello.both().iter().chain(&b.component.both()[..1]) {
         let id = b.id(&format!("{}-warm", tag(w)));
         if let Err(err) = b.ctr.run_rm(&w.runtime, &w.image, &id, &[]).await {
             let _ = lifecycle::teardown(&b.api, &id).await;
@@ -157,16 +169,17 @@ fn tag(w: &Workload) -> &str {
     w.label.get(..1).unwrap_or("x")
 }
 
-/// 1. Cold start through the API: the whole sequence, and the task's
-///    lifecycle alone.
-pub async fn cold_api(b: &Bench) -> Result<Vec<Measure>> {
+/// `iterations` runs to exit of each side of `pair` through the API,
+/// alternating; returns the whole sequences' and the task lifecycles'
+/// times in ms, per side.
+async fn cold_runs(b: &Bench, pair: &Pair) -> Result<([Vec<f64>; 2], [Vec<f64>; 2])> {
     let n = b.cfg.iterations;
     let counter = Counter::new("runs", 2 * n);
     let mut total: [Vec<f64>; 2] = Default::default();
     let mut task: [Vec<f64>; 2] = Default::default();
     for i in 0..n {
         for side in order(i) {
-            let w = b.hello.side(side);
+            let w = pair.side(side);
             let id = b.id(&format!("{}-cold", tag(w)));
             let t = lifecycle::run_to_exit(&b.api, w, &id, &b.run)
                 .await
@@ -176,6 +189,13 @@ pub async fn cold_api(b: &Bench) -> Result<Vec<Measure>> {
             counter.tick();
         }
     }
+    Ok((total, task))
+}
+
+/// 1. Cold start through the API: the whole sequence, and the task's
+///    lifecycle alone.
+pub async fn cold_api(b: &Bench) -> Result<Vec<Measure>> {
+    let (total, task) = cold_runs(b, &b.hello).await?;
     let [wasm, runc] = b.hello.both();
     let [total_w, total_r] = total;
     let [task_w, task_r] = task;
@@ -420,11 +440,11 @@ async fn fresh_containerd_runs(
     b: &Bench,
     cd: &harness::Containerd,
     round: usize,
+    (tar, w): (&Path, &Workload),
 ) -> Result<([f64; 2], Vec<[f64; 2]>)> {
     let ctr = Ctr::new(&b.ctr_bin, &cd.socket, &cd.namespace);
-    ctr.import(&b.hello_tar).await?;
+    ctr.import(tar).await?;
     let api = Api::connect(&cd.socket, &cd.namespace, &b.snapshotter).await?;
-    let w = b.hello.side(0);
     ensure_unpacked(&api, &ctr, w, &b.scratch("first")).await?;
     let id = |what: &str, i: usize| format!("{}-{what}{round}-{i}", b.run);
     let first = lifecycle::run_to_exit(&api, w, &id("first", 0), &b.run).await?;
@@ -439,6 +459,16 @@ async fn fresh_containerd_runs(
 /// 5. First start of the wasm hello in a brand-new containerd (module cache
 ///    cold: the module is compiled) against the starts after it.
 pub async fn first_vs_cached(b: &Bench) -> Result<Vec<Measure>> {
+    first_and_cached(b, (&b.hello_tars[0], b.hello.side(0)), "wasm").await
+}
+
+/// First starts in fresh containerds against the cached starts after them,
+/// for one wasm workload; `name` prefixes the measures.
+async fn first_and_cached(
+    b: &Bench,
+    (tar, w): (&Path, &Workload),
+    name: &str,
+) -> Result<Vec<Measure>> {
     let rounds = b.cfg.first_runs;
     let counter = Counter::new("fresh containerds", rounds);
     let mut first: [Vec<f64>; 2] = Default::default();
@@ -449,7 +479,7 @@ pub async fn first_vs_cached(b: &Bench) -> Result<Vec<Measure>> {
             .context("the containerd start task panicked")?
             .context("start a fresh containerd")
             .inspect_err(|_| counter.finish())?;
-        let outcome = fresh_containerd_runs(b, &cd, round).await;
+        let outcome = fresh_containerd_runs(b, &cd, round, (tar, w)).await;
         let log = if outcome.is_err() {
             cd.log()
         } else {
@@ -474,28 +504,60 @@ pub async fn first_vs_cached(b: &Bench) -> Result<Vec<Measure>> {
         }
         counter.tick();
     }
-    let w = b.hello.side(0);
     let [first_task, first_total] = first;
     let [cached_task, cached_total] = cached;
     let s = |label: &str, samples: Vec<f64>| Series::new(label, &w.runtime, samples);
     Ok(vec![
         Measure::new(
-            "wasm_first_vs_cached_task",
-            "wasm start: cached vs first in a fresh containerd, task create..delete",
+            &format!("{name}_first_vs_cached_task"),
+            &format!("{name} start: cached vs first in a fresh containerd, task create..delete"),
             Unit::Ms,
             Better::Lower,
             s("cached", cached_task),
             s("first", first_task),
         ),
         Measure::new(
-            "wasm_first_vs_cached_total",
-            "wasm start: cached vs first in a fresh containerd, whole sequence",
+            &format!("{name}_first_vs_cached_total"),
+            &format!("{name} start: cached vs first in a fresh containerd, whole sequence"),
             Unit::Ms,
             Better::Lower,
             s("cached", cached_total),
             s("first", first_total),
         ),
     ])
+}
+
+/// 6. The hello component against the hello module, both through the shim:
+///    cold start through the API (task lifecycle and whole sequence), run by
+///    run, alternating; then the component's first start in fresh
+///    containerds against its cached starts.
+pub async fn component_vs_module(b: &Bench) -> Result<Vec<Measure>> {
+    let (total, task) = cold_runs(b, &b.component).await?;
+    let [component, module] = b.component.both();
+    let [total_c, total_m] = total;
+    let [task_c, task_m] = task;
+    let mut out = vec![
+        Measure::new(
+            "component_vs_module_task",
+            "cold start, API: component vs module, task create..delete",
+            Unit::Ms,
+            Better::Lower,
+            series(component, task_c),
+            series(module, task_m),
+        ),
+        Measure::new(
+            "component_vs_module_total",
+            "cold start, API: component vs module, whole sequence",
+            Unit::Ms,
+            Better::Lower,
+            series(component, total_c),
+            series(module, total_m),
+        ),
+    ];
+    if b.cfg.first_runs > 0 {
+        out.extend(first_and_cached(b, (&b.hello_tars[1], component), "component").await?);
+    }
+    Ok(out)
 }
 
 /// Removes every container of this run that is still there (after an error

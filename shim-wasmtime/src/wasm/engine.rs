@@ -23,7 +23,7 @@ use wasmtime::{
 };
 
 use super::cache::DiskCache;
-use super::guest::{Kind, Linked, Toolbox};
+use super::guest::{Linked, Toolbox};
 
 /// How many guests one shim can hold at once (the pool's size).
 /// `WASMTIME_SHIM_MAX_INSTANCES` overrides it.
@@ -157,14 +157,10 @@ impl WasmEngine {
         })
     }
 
-    /// Compiles and links a guest of `kind`, or returns the cached result.
-    /// Compiling is CPU-heavy, so it runs on a blocking thread.
-    pub async fn link(
-        &self,
-        kind: &'static dyn Kind,
-        digest: Digest32,
-        bytes: Arc<Vec<u8>>,
-    ) -> Result<Arc<dyn Linked>> {
+    /// Tells what kind of guest `bytes` are, compiles and links it, or
+    /// returns the cached result. Parsing and compiling are CPU-heavy, so
+    /// they run on a blocking thread, once per digest.
+    pub async fn link(&self, digest: Digest32, bytes: Arc<Vec<u8>>) -> Result<Arc<dyn Linked>> {
         let cell = self
             .linked
             .lock()
@@ -175,9 +171,13 @@ impl WasmEngine {
         let linked = cell
             .get_or_try_init(|| async {
                 let tools = self.tools.clone();
-                tokio::task::spawn_blocking(move || kind.link(&tools, &digest, &bytes))
-                    .await
-                    .context("compile task failed")?
+                tokio::task::spawn_blocking(move || {
+                    let kind = super::guest::identify(&bytes)?;
+                    kind.link(&tools, &digest, &bytes)
+                        .with_context(|| format!("a {}", kind.name()))
+                })
+                .await
+                .context("compile task failed")?
             })
             .await;
         if linked.is_err() {

@@ -42,6 +42,15 @@ const OUTPUT_BUDGET: usize = 64 * 1024;
 /// style) and its siblings are unaffected.
 pub const MAX_HANDLES_PER_TASK: usize = 1024;
 
+/// Live component-model handles (resources a component creates, its WASI
+/// streams and descriptors among them) one task may hold; Wasmtime's default
+/// is 100,000.
+pub const MAX_COMPONENT_HANDLES: usize = 4 * MAX_HANDLES_PER_TASK;
+
+/// Bytes a component may hand the host in one call (Wasmtime's default is
+/// 128 MiB): the host copies them, outside the guest's memory limit.
+pub const MAX_HOSTCALL_BYTES: usize = 16 << 20;
+
 /// Everything a guest's `Store` holds.
 pub struct GuestState {
     pub wasi: WasiP1Ctx,
@@ -190,6 +199,11 @@ impl Guest {
         let mut b = WasiCtxBuilder::new();
         // WASI preview 1 writes to these with write-and-flush: a guest's
         // write returns once its bytes are in the task's pipe.
+        // No network: a component's wasi:sockets is linked but every use is
+        // refused (the defaults too, but explicitly, not by a default).
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         b.args(&self.args)
             .envs(&self.env)
             .initial_cwd(&self.cwd)
@@ -237,6 +251,10 @@ impl Guest {
             },
         );
         store.limiter(|s| &mut s.limiter);
+        // A component's own handle tables and the data it hands the host in
+        // one call, bounded like its WASI handles.
+        store.set_max_component_handles(MAX_COMPONENT_HANDLES);
+        store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
         // Yield to the runtime at every epoch tick, forever; throttle while
         // the task has a CPU quota.
         store.set_epoch_deadline(1);

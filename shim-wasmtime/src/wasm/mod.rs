@@ -132,17 +132,16 @@ impl Runtime for WasmtimeRuntime {
         let digest = engine::sha256(&bytes);
         let engine = self.engine().await?;
 
-        let kind = guest::identify(&bytes).with_context(|| format!("module {module_path}"))?;
         let linked = engine
-            .link(kind, digest, Arc::new(bytes))
+            .link(digest, Arc::new(bytes))
             .await
-            .with_context(|| format!("{} {module_path}", kind.name()))?;
+            .with_context(|| format!("module {module_path}"))?;
         let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
         tracing::debug!(
             id = task.id,
             module = module_path,
             digest = hex::encode(digest),
-            kind = kind.name(),
+            kind = linked.kind(),
             "prepared"
         );
         Ok(Box::new(WasmPrepared(Guest {

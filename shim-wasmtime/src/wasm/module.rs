@@ -31,9 +31,9 @@ impl std::error::Error for NotFound {}
 /// What a file turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// A core WebAssembly module: what this shim runs.
+    /// A core WebAssembly module (a WASI preview 1 guest).
     CoreModule,
-    /// A WebAssembly component.
+    /// A WebAssembly component (see `guest::identify` for which kinds run).
     Component,
 }
 

@@ -83,6 +83,10 @@ struct LinkedCommand(CommandPre<GuestState>);
 
 #[async_trait]
 impl Linked for LinkedCommand {
+    fn kind(&self) -> &'static str {
+        Command.name()
+    }
+
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>> {
         let command = self
             .0

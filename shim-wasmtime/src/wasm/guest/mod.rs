@@ -10,8 +10,10 @@
 //! | `p1.rs` | WASI preview 1 core module | `_start` |
 //! | `command.rs` | WASI preview 2 command component | `wasi:cli/run.run` |
 //!
-//! [`identify`] tells the kinds apart from the bytes. A new kind (an HTTP
-//! service, WAGI) is one more file and one more line there.
+//! [`identify`] tells the kinds apart from the bytes. A kind that runs to
+//! its end with the WASI context every guest gets is one more file here and
+//! one line in `identify`; the HTTP and WAGI kinds will also need their own
+//! linker and a per-request entry, which this design leaves to them.
 
 mod command;
 mod p1;
@@ -53,6 +55,8 @@ pub trait Kind: Send + Sync {
 /// A compiled and linked guest, shared by every task that runs it.
 #[async_trait]
 pub trait Linked: Send + Sync {
+    /// The kind's name, for logs.
+    fn kind(&self) -> &'static str;
     /// Instantiates the guest in `store`; an error fails Start.
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>>;
 }
@@ -64,13 +68,16 @@ pub trait Entry: Send {
     async fn call(self: Box<Self>, store: &mut Store<GuestState>) -> wasmtime::Result<()>;
 }
 
-/// The export that makes a component a command.
-const RUN: &str = "wasi:cli/run@0.2";
+/// The export that makes a component a command (any 0.2.x).
+const RUN: &str = "wasi:cli/run@0.2.";
 /// The export that makes a component an HTTP service.
-const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
+/// How many export names an error lists at most.
+const LISTED: usize = 10;
 
 /// Tells what kind of guest `bytes` are, from their header and, for a
-/// component, its exports.
+/// component, its exports. Parses the whole component: call on a blocking
+/// thread, once per digest.
 pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
     if super::module::classify(bytes)? == Format::CoreModule {
         return Ok(&p1::P1Module);
@@ -79,24 +86,28 @@ pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
     let exports = |prefix: &str| info.exports.iter().any(|e| e.starts_with(prefix));
     if exports(HTTP_HANDLER) {
         bail!(
-            "the component exports {HTTP_HANDLER}.x: it is an HTTP service (wasi:http/proxy), \
+            "the component exports {HTTP_HANDLER}x: it is an HTTP service (wasi:http/proxy), \
              which this shim does not serve yet"
         );
     }
     if exports(RUN) {
         return Ok(&command::Command);
     }
-    let found = if info.exports.is_empty() {
-        "none".to_string()
-    } else {
-        info.exports.join(", ")
+    let found = match info.exports.len() {
+        0 => "none".to_string(),
+        n if n <= LISTED => info.exports.join(", "),
+        n => format!(
+            "{}, and {} more",
+            info.exports[..LISTED].join(", "),
+            n - LISTED
+        ),
     };
     if info.exports.iter().any(|e| e.contains("@0.3")) {
         bail!("the component is a WASI 0.3 component (exports: {found}); this shim runs WASI 0.2 components");
     }
     bail!(
-        "the component exports {found}; a command component exports {RUN}.x \
-         (an HTTP service, {HTTP_HANDLER}.x, is not served yet)"
+        "the component exports {found}; a command component exports {RUN}x \
+         (an HTTP service, {HTTP_HANDLER}x, is not served yet)"
     )
 }
 

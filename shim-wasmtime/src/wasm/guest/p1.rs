@@ -33,6 +33,10 @@ struct LinkedModule(InstancePre<GuestState>);
 
 #[async_trait]
 impl Linked for LinkedModule {
+    fn kind(&self) -> &'static str {
+        P1Module.name()
+    }
+
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>> {
         let instance = self
             .0
