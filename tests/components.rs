@@ -494,6 +494,13 @@ async fn a_pod_runs_a_component() -> Result<()> {
         .start_container(&pod, "exit", &exit, &["/exit-code.wasm", "7"])
         .await?;
     assert_eq!(cri.wait_exited(&failing).await?.exit_code, 1);
+    // Bad input through CRI: CreateContainer fails, saying why.
+    let bad = cd.import("bad-component")?;
+    let err = cri
+        .start_container(&pod, "bad", &bad, &["/component.wasm"])
+        .await
+        .expect_err("a component that exports nothing must not start");
+    assert!(format!("{err:#}").contains("exports none"), "{err:#}");
     for c in [&id, &failing] {
         cri.remove_container(c).await?;
     }

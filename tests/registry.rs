@@ -336,6 +336,70 @@ fn the_artifact_goes_through_a_registry_and_runs_from_the_content_store() -> Res
     cd.assert_clean()
 }
 
+/// A component in both forms: the ordinary image says `os: wasip2`, the
+/// artifact also lists the component's imports and exports; both go through
+/// the registry, `inspect` shows WIT names, and both run.
+#[test]
+fn components_go_through_a_registry_in_both_forms_and_run() -> Result<()> {
+    let cd = Containerd::start()?;
+    let reg = Registry::start()?;
+    let tmp = tempfile::tempdir()?;
+    let component = harness::examples_dir().join("p2/hello.wasm");
+    for form in ["image", "artifact"] {
+        let reference = reg.reference(&format!("wasm/hello-p2-{form}:1"));
+        let layout = tmp.path().join(form);
+        let built = digest_in(
+            &cli(&[
+                "build",
+                &s(&component),
+                "--name",
+                &reference,
+                "--form",
+                form,
+                "--module-name",
+                "app.wasm",
+                "--layout",
+                &s(&layout),
+            ])?
+            .stdout,
+        )?;
+        let manifest = read_json(&blob_path(&layout, &built))?;
+        let config_digest = manifest["config"]["digest"].as_str().context("config")?;
+        let config = read_json(&blob_path(&layout, config_digest))?;
+        assert_eq!(config["os"], "wasip2", "{config}");
+        if form == "artifact" {
+            let exports = config["component"]["exports"].to_string();
+            assert!(exports.contains("wasi:cli/run@0.2."), "{config}");
+            let imports = config["component"]["imports"].to_string();
+            assert!(imports.contains("wasi:cli/stdout@0.2."), "{config}");
+        }
+        assert_eq!(push(&layout, &reference)?, built);
+        let shown = cli(&["inspect", &reference])?.ok()?;
+        assert!(
+            shown.stdout.contains("kind:        component"),
+            "{}",
+            shown.stdout
+        );
+        assert!(
+            shown.stdout.contains("wasi:cli/run@0.2."),
+            "{}",
+            shown.stdout
+        );
+
+        let id = format!("reg-p2-{form}");
+        let out = if form == "artifact" {
+            content_fetch(&cd, &reference)?;
+            run_artifact(&cd, &reference, &id)?
+        } else {
+            cd.ctr(&["images", "pull", "--plain-http", &reference])?
+                .ok()?;
+            cd.run_rm(&reference, &id, &["/app.wasm"])?
+        };
+        assert_eq!(out.ok()?.stdout, HELLO);
+    }
+    cd.assert_clean()
+}
+
 #[test]
 fn builds_are_reproducible_through_a_registry() -> Result<()> {
     let cd = Containerd::start()?;

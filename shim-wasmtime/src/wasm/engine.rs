@@ -143,12 +143,7 @@ impl WasmEngine {
                 .inspect_err(|err| tracing::warn!("module cache disabled: {err:#}"))
                 .ok()
         });
-        let tools = Toolbox {
-            engine: engine.clone(),
-            disk,
-            modules: super::instance::module_linker(&engine)?,
-            components: super::instance::component_linker(&engine)?,
-        };
+        let tools = Toolbox::new(engine.clone(), disk)?;
         spawn_epoch_ticker(engine.clone());
         Ok(Self {
             engine,

@@ -32,7 +32,7 @@ impl Kind for Command {
         let component: Component = compile(tools, digest, bytes)?;
         check_run_export(&tools.engine, &component)?;
         let pre = tools
-            .components
+            .components()?
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context("the component cannot be linked against WASI 0.2")?;

@@ -18,6 +18,8 @@
 mod command;
 mod p1;
 
+use std::sync::OnceLock;
+
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use wasmtime::component::Component;
@@ -34,9 +36,30 @@ pub struct Toolbox {
     pub disk: Option<DiskCache>,
     /// WASI preview 1, for core modules.
     pub modules: Linker<GuestState>,
-    /// WASI preview 2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...),
-    /// for components.
-    pub components: wasmtime::component::Linker<GuestState>,
+    /// WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...), for
+    /// components: built when the first component arrives, so that a shim
+    /// that runs only modules never holds its thousands of definitions.
+    components: OnceLock<wasmtime::component::Linker<GuestState>>,
+}
+
+impl Toolbox {
+    pub fn new(engine: Engine, disk: Option<DiskCache>) -> Result<Self> {
+        Ok(Self {
+            modules: super::instance::module_linker(&engine)?,
+            components: OnceLock::new(),
+            engine,
+            disk,
+        })
+    }
+
+    /// The component linker, built on first use.
+    pub fn components(&self) -> Result<&wasmtime::component::Linker<GuestState>> {
+        if let Some(linker) = self.components.get() {
+            return Ok(linker);
+        }
+        let linker = super::instance::component_linker(&self.engine)?;
+        Ok(self.components.get_or_init(|| linker))
+    }
 }
 
 /// One kind of guest.
