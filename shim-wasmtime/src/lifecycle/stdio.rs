@@ -97,7 +97,7 @@ pub struct TaskIo {
     /// client give up.
     released: Arc<AtomicBool>,
     /// Where each output pump is: see [`TaskIo::close_output`].
-    pumped: Vec<watch::Receiver<PumpState>>,
+    pumped: Vec<PumpWatch>,
 }
 
 /// Where an output pump is.
@@ -108,6 +108,14 @@ enum PumpState {
     /// Copying into a client's FIFO.
     Copying,
     Done,
+}
+
+/// What the task sees of one output pump: its state, and how many bytes it
+/// has handed its client so far.
+#[derive(Clone)]
+struct PumpWatch {
+    state: watch::Receiver<PumpState>,
+    copied: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Sets a pump's state to Done however it ends.
@@ -149,24 +157,37 @@ impl TaskIo {
     }
 
     /// Ends the guest's output (its pumps see EOF) and returns a future that
-    /// resolves once every pump has handed its client all, or `limit` has
-    /// passed (a quarter of it for a client not there yet). A task reports its exit only then, as a process
-    /// would after its last write: clients (`ctr`) act on the exit at once
-    /// and lost the tail of a large output that was still on its way.
+    /// resolves once every pump has handed its client all, or its client has
+    /// stopped reading: nothing moved for `limit` (a quarter of it for a
+    /// client not there yet), or [`MAX_DRAIN`] has passed. A task reports its
+    /// exit only then, as a process would after its last write: clients
+    /// (`ctr`) act on the exit at once and lost the tail of a large output
+    /// that was still on its way, also when a loaded machine made a client
+    /// that was reading take longer than `limit`.
     pub fn close_output(&mut self, limit: Duration) -> impl std::future::Future<Output = ()> {
         self.stdout.close();
         self.stderr.close();
         let mut pumped = self.pumped.clone();
         async move {
-            for rx in &mut pumped {
-                // A client that has not opened its FIFO yet (it opens them on
-                // goroutines, late under load) gets a shorter wait.
-                let limit = match *rx.borrow() {
-                    PumpState::Waiting => limit / 4,
-                    _ => limit,
-                };
-                let done = rx.wait_for(|s| *s == PumpState::Done);
-                let _ = tokio::time::timeout(limit, done).await;
+            let give_up = tokio::time::Instant::now() + MAX_DRAIN;
+            for pump in &mut pumped {
+                loop {
+                    // A client that has not opened its FIFO yet (it opens them
+                    // on goroutines, late under load) gets a shorter wait.
+                    let step = match *pump.state.borrow() {
+                        PumpState::Waiting => limit / 4,
+                        _ => limit,
+                    };
+                    let before = pump.copied.load(Ordering::Relaxed);
+                    let done = pump.state.wait_for(|s| *s == PumpState::Done);
+                    if tokio::time::timeout(step, done).await.is_ok() {
+                        break;
+                    }
+                    let moving = pump.copied.load(Ordering::Relaxed) != before;
+                    if !moving || tokio::time::Instant::now() >= give_up {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -198,7 +219,7 @@ async fn open_output(
     path: &str,
     released: &Arc<AtomicBool>,
     pumps: &Pumps,
-    pumped: &mut Vec<watch::Receiver<PumpState>>,
+    pumped: &mut Vec<PumpWatch>,
 ) -> io::Result<Writer> {
     if path.is_empty() {
         return Ok(Writer::new(tokio::io::sink()));
@@ -227,8 +248,12 @@ async fn open_output(
     let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
     let active = pumps.start();
     let (state, watching) = watch::channel(PumpState::Waiting);
-    pumped.push(watching);
-    let pump = pump_output(path.to_owned(), shim_end, released.clone(), state);
+    let copied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    pumped.push(PumpWatch {
+        state: watching,
+        copied: copied.clone(),
+    });
+    let pump = pump_output(path.to_owned(), shim_end, released.clone(), state, copied);
     tokio::spawn(async move {
         pump.await;
         drop(active);
@@ -280,11 +305,15 @@ impl Pumps {
 /// How long an output pump still waits for a client after its task is deleted.
 const RELEASE_GRACE: Duration = Duration::from_secs(10);
 
+/// The longest a task's exit waits for a client that keeps reading.
+pub const MAX_DRAIN: Duration = Duration::from_secs(60);
+
 async fn pump_output(
     path: String,
     mut from: tokio::io::DuplexStream,
     released: Arc<AtomicBool>,
     state: watch::Sender<PumpState>,
+    copied: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let state = DoneOnDrop(state);
     // A non-blocking write-open succeeds only once a reader exists.
@@ -334,11 +363,29 @@ async fn pump_output(
             return;
         }
     };
-    match tokio::io::copy(&mut from, &mut sender).await {
-        Ok(bytes) => tracing::debug!(%path, bytes, "output copied"),
+    match copy_counting(&mut from, &mut sender, &copied).await {
+        Ok(()) => tracing::debug!(%path, bytes = copied.load(Ordering::Relaxed), "output copied"),
         Err(e) => tracing::debug!(%path, err = %e, "output copy ended"),
     }
     drop(keep_open);
+}
+
+/// Copies `from` into `to` until EOF, counting the bytes handed on.
+async fn copy_counting(
+    from: &mut tokio::io::DuplexStream,
+    to: &mut pipe::Sender,
+    copied: &std::sync::atomic::AtomicU64,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        copied.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Returns the guest's stdin, and the task that copies the FIFO into it.

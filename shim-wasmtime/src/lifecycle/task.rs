@@ -286,8 +286,9 @@ impl Task {
     }
 }
 
-/// How long an ended task's exit waits for its output to reach a client
-/// that is reading: one that is not must not hold it up for longer.
+/// How long an ended task's exit waits for its output to move: a client
+/// that reads nothing for this long must not hold the exit up, one that
+/// keeps reading is waited for (up to `stdio::MAX_DRAIN`).
 const OUTPUT_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes why a guest ended to its stderr, without waiting on a client that
