@@ -158,8 +158,11 @@ impl TaskIo {
 
     /// Ends the guest's output (its pumps see EOF) and returns a future that
     /// resolves once every pump has handed its client all, or its client has
-    /// stopped reading: nothing moved for `limit` (a quarter of it for a
-    /// client not there yet), or [`MAX_DRAIN`] has passed. A task reports its
+    /// stopped reading: nothing moved for `limit`, or [`MAX_DRAIN`] has
+    /// passed. A client that has not opened its FIFO yet gets
+    /// [`CLIENT_OPEN_WAIT`]: if the exit came first, it would give up opening
+    /// and lose all the output (ctr opens its FIFOs on goroutines, late on a
+    /// loaded machine). A task reports its
     /// exit only then, as a process would after its last write: clients
     /// (`ctr`) act on the exit at once and lost the tail of a large output
     /// that was still on its way, also when a loaded machine made a client
@@ -172,10 +175,8 @@ impl TaskIo {
             let give_up = tokio::time::Instant::now() + MAX_DRAIN;
             for pump in &mut pumped {
                 loop {
-                    // A client that has not opened its FIFO yet (it opens them
-                    // on goroutines, late under load) gets a shorter wait.
                     let step = match *pump.state.borrow() {
-                        PumpState::Waiting => limit / 4,
+                        PumpState::Waiting => CLIENT_OPEN_WAIT,
                         _ => limit,
                     };
                     let before = pump.copied.load(Ordering::Relaxed);
@@ -307,6 +308,10 @@ const RELEASE_GRACE: Duration = Duration::from_secs(10);
 
 /// The longest a task's exit waits for a client that keeps reading.
 pub const MAX_DRAIN: Duration = Duration::from_secs(60);
+
+/// How long a task's exit waits for a client to open its output FIFO. A
+/// pump exists only for a FIFO containerd named, so a client is coming.
+pub const CLIENT_OPEN_WAIT: Duration = Duration::from_secs(5);
 
 async fn pump_output(
     path: String,
