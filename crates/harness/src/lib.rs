@@ -41,14 +41,22 @@ pub fn examples_dir() -> PathBuf {
 
 pub fn shim_bin_dir() -> PathBuf {
     std::env::var_os("SHIM_BIN_DIR")
-        .map(PathBuf::from)
+        .map(absolute)
         .unwrap_or_else(|| workspace().join("target/release"))
 }
 
 pub fn containerd_bin_dir() -> PathBuf {
     std::env::var_os("CONTAINERD_BIN_DIR")
-        .map(PathBuf::from)
+        .map(absolute)
         .unwrap_or_else(|| PathBuf::from("/usr/bin"))
+}
+
+/// A path from the environment, taken relative to the working folder as
+/// given: containerd runs elsewhere, and the shim's link in its private
+/// folder must not dangle.
+fn absolute(path: std::ffi::OsString) -> PathBuf {
+    let path = PathBuf::from(path);
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// The `ctr` binary of the containerd under test.
