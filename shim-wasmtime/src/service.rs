@@ -121,11 +121,11 @@ impl TaskService {
         Self {
             runtime,
             delegates: Arc::new(delegates),
-            lifetime: lifetime.clone(),
+            cgroup: Arc::new(ShimCgroup::new(lifetime.join_cgroup)),
+            lifetime,
             activity: Arc::default(),
             closing: Arc::default(),
             pumps: Pumps::default(),
-            cgroup: Arc::new(ShimCgroup::new(lifetime.join_cgroup)),
             resizing: tokio::sync::Mutex::new(()),
             tasks: Arc::default(),
             events,
@@ -440,7 +440,7 @@ impl TaskService {
         }
         if !grows {
             if let Err(err) = self.cgroup.resize(self.total_limits()).await {
-                task.limits.restore(before, &task.usage);
+                task.limits.restore(before);
                 self.resize_cgroup_now().await;
                 return Err(refused(err));
             }
@@ -517,7 +517,7 @@ impl TaskService {
                 usage: MessageField::some(MemoryEntry {
                     usage: usage.memory(),
                     max: usage.memory_peak(),
-                    limit: usage.memory_limit(),
+                    limit: task.limits.get().memory.unwrap_or(0),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -274,6 +274,8 @@ struct Joined {
     membership: Option<Membership>,
     /// The limits last asked for, applied once the join is done.
     wanted: Option<Limits>,
+    /// The limits the cgroup has now.
+    applied: Option<Limits>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -311,9 +313,11 @@ impl ShimCgroup {
             };
             tracing::info!(cgroup = %path, "joined the container's cgroup");
             let mut state = lock(&state);
+            state.applied = Some(limits);
             if let Some(wanted) = state.wanted.filter(|w| *w != limits) {
-                if let Err(err) = m.resize(&wanted) {
-                    tracing::warn!("cannot size the shim's cgroup: {err:#}");
+                match m.resize(&wanted) {
+                    Ok(()) => state.applied = Some(wanted),
+                    Err(err) => tracing::warn!("cannot size the shim's cgroup: {err:#}"),
                 }
             }
             state.membership = Some(m);
@@ -322,20 +326,29 @@ impl ShimCgroup {
     }
 
     /// Sizes the shim's cgroup for `total`, the limits of all its tasks
-    /// together (see [`super::limits::total`]). Nothing to do before the
-    /// join: it applies the latest total once done.
+    /// together (see [`super::limits::total`]). Writes only when the size
+    /// changes, on a blocking thread; before the join there is nothing to
+    /// write: the join applies the latest total once done.
     pub async fn resize(&self, total: Limits) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
+        {
+            let mut state = lock(&self.state);
+            state.wanted = Some(total);
+            if state.membership.is_none() || state.applied == Some(total) {
+                return Ok(());
+            }
+        }
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
-            let mut state = lock(&state);
-            state.wanted = Some(total);
-            match &state.membership {
-                Some(m) => m.resize(&total),
-                None => Ok(()),
+            let mut guard = lock(&state);
+            let state = &mut *guard;
+            if let Some(m) = &state.membership {
+                m.resize(&total)?;
+                state.applied = Some(total);
             }
+            Ok(())
         })
         .await
         .context("cgroup resize panicked")?

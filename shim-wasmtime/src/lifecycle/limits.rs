@@ -234,11 +234,10 @@ impl LiveLimits {
     }
 
     /// Applies `change`, unless it sets a memory limit below what the guest
-    /// uses now; then nothing changes. Returns the limits before the change.
-    pub fn update(&self, change: &Change, usage: &Usage) -> Result<Limits, BelowUsage> {
+    /// uses now; then nothing changes.
+    pub fn update(&self, change: &Change, usage: &Usage) -> Result<(), BelowUsage> {
         let mut limits = self.lock();
-        let before = *limits;
-        let mut after = before;
+        let mut after = *limits;
         change.apply_to(&mut after);
         if let Some(limit) = after.memory {
             let used = usage.memory();
@@ -247,14 +246,12 @@ impl LiveLimits {
             }
         }
         *limits = after;
-        usage.set_memory_limit(after.memory.unwrap_or(0));
-        Ok(before)
+        Ok(())
     }
 
     /// Puts back limits an update replaced.
-    pub fn restore(&self, limits: Limits, usage: &Usage) {
+    pub fn restore(&self, limits: Limits) {
         *self.lock() = limits;
-        usage.set_memory_limit(limits.memory.unwrap_or(0));
     }
 }
 
@@ -397,7 +394,7 @@ mod tests {
         };
         live.update(&grow, &usage).unwrap();
         assert!(live.grow_memory(2 << 20, &usage));
-        assert_eq!(usage.memory_limit(), 4 << 20);
+        assert_eq!(live.get().memory, Some(4 << 20));
     }
 
     #[test]

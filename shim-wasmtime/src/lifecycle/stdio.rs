@@ -18,7 +18,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -115,7 +115,7 @@ enum PumpState {
 #[derive(Clone)]
 struct PumpWatch {
     state: watch::Receiver<PumpState>,
-    copied: Arc<std::sync::atomic::AtomicU64>,
+    copied: Arc<AtomicU64>,
 }
 
 /// Sets a pump's state to Done however it ends.
@@ -157,17 +157,15 @@ impl TaskIo {
     }
 
     /// Ends the guest's output (its pumps see EOF) and returns a future that
-    /// resolves once every pump has handed its client all, or its client has
-    /// stopped reading: nothing moved for `limit`, or [`MAX_DRAIN`] has
-    /// passed. A client that has not opened its FIFO yet gets
-    /// [`CLIENT_OPEN_WAIT`]: if the exit came first, it would give up opening
-    /// and lose all the output (ctr opens its FIFOs on goroutines, late on a
-    /// loaded machine). A task reports its
-    /// exit only then, as a process would after its last write: clients
-    /// (`ctr`) act on the exit at once and lost the tail of a large output
-    /// that was still on its way, also when a loaded machine made a client
-    /// that was reading take longer than `limit`.
-    pub fn close_output(&mut self, limit: Duration) -> impl std::future::Future<Output = ()> {
+    /// resolves once every pump has handed its client all, or the client has
+    /// stopped reading: nothing moved for [`STALL_LIMIT`], or [`MAX_DRAIN`]
+    /// has passed. A client that has not opened its FIFO yet gets
+    /// [`CLIENT_OPEN_WAIT`]. A task reports its exit only then, as a process
+    /// would after its last write: clients (`ctr`) act on the exit at once,
+    /// and lost the tail of a large output still on its way, or all of it
+    /// when they had not opened their FIFO yet (they open them on
+    /// goroutines, late on a loaded machine).
+    pub fn close_output(&mut self) -> impl std::future::Future<Output = ()> {
         self.stdout.close();
         self.stderr.close();
         let mut pumped = self.pumped.clone();
@@ -177,7 +175,7 @@ impl TaskIo {
                 loop {
                     let step = match *pump.state.borrow() {
                         PumpState::Waiting => CLIENT_OPEN_WAIT,
-                        _ => limit,
+                        _ => STALL_LIMIT,
                     };
                     let before = pump.copied.load(Ordering::Relaxed);
                     let done = pump.state.wait_for(|s| *s == PumpState::Done);
@@ -249,7 +247,7 @@ async fn open_output(
     let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
     let active = pumps.start();
     let (state, watching) = watch::channel(PumpState::Waiting);
-    let copied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let copied = Arc::new(AtomicU64::new(0));
     pumped.push(PumpWatch {
         state: watching,
         copied: copied.clone(),
@@ -306,19 +304,23 @@ impl Pumps {
 /// How long an output pump still waits for a client after its task is deleted.
 const RELEASE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a task's exit waits for output that does not move: a client
+/// that reads nothing for this long must not hold the exit up.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
+
 /// The longest a task's exit waits for a client that keeps reading.
-pub const MAX_DRAIN: Duration = Duration::from_secs(60);
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 /// How long a task's exit waits for a client to open its output FIFO. A
 /// pump exists only for a FIFO containerd named, so a client is coming.
-pub const CLIENT_OPEN_WAIT: Duration = Duration::from_secs(5);
+const CLIENT_OPEN_WAIT: Duration = Duration::from_secs(5);
 
 async fn pump_output(
     path: String,
     mut from: tokio::io::DuplexStream,
     released: Arc<AtomicBool>,
     state: watch::Sender<PumpState>,
-    copied: Arc<std::sync::atomic::AtomicU64>,
+    copied: Arc<AtomicU64>,
 ) {
     let state = DoneOnDrop(state);
     // A non-blocking write-open succeeds only once a reader exists.
@@ -379,7 +381,7 @@ async fn pump_output(
 async fn copy_counting(
     from: &mut tokio::io::DuplexStream,
     to: &mut pipe::Sender,
-    copied: &std::sync::atomic::AtomicU64,
+    copied: &AtomicU64,
 ) -> io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];

@@ -202,7 +202,7 @@ impl Task {
             if let Some(reason) = &exit.reason {
                 write_reason(&stderr, reason).await;
             }
-            let drained = lock(&task.io).close_output(OUTPUT_DRAIN_LIMIT);
+            let drained = lock(&task.io).close_output();
             drained.await;
             let status = ExitStatus {
                 code: exit.code,
@@ -285,11 +285,6 @@ impl Task {
         self.exit.send_replace(Some(status));
     }
 }
-
-/// How long an ended task's exit waits for its output to move: a client
-/// that reads nothing for this long must not hold the exit up, one that
-/// keeps reading is waited for (up to `stdio::MAX_DRAIN`).
-const OUTPUT_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes why a guest ended to its stderr, without waiting on a client that
 /// has stopped reading.

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 pub struct Usage {
     memory_bytes: AtomicU64,
     memory_peak: AtomicU64,
-    memory_limit: AtomicU64,
     cpu_nanos: AtomicU64,
 }
 
@@ -23,21 +22,12 @@ impl Usage {
         self.memory_peak.fetch_max(bytes, Ordering::Relaxed);
     }
 
-    pub fn set_memory_limit(&self, bytes: u64) {
-        self.memory_limit.store(bytes, Ordering::Relaxed);
-    }
-
     pub fn memory(&self) -> u64 {
         self.memory_bytes.load(Ordering::Relaxed)
     }
 
     pub fn memory_peak(&self) -> u64 {
         self.memory_peak.load(Ordering::Relaxed)
-    }
-
-    /// The limit, or 0 when there is none.
-    pub fn memory_limit(&self) -> u64 {
-        self.memory_limit.load(Ordering::Relaxed)
     }
 
     pub fn cpu_nanos(&self) -> u64 {

@@ -49,6 +49,8 @@ impl Hasher for StableHasher {
 
 /// Compiled code the cache holds: a core module or a component.
 pub trait Artifact: Sized {
+    /// Compiles wasm bytes (CPU-heavy).
+    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self>;
     fn serialize(&self) -> Result<Vec<u8>>;
     /// # Safety
     /// `path` must hold bytes `serialize` wrote, from a compatible engine:
@@ -57,6 +59,12 @@ pub trait Artifact: Sized {
 }
 
 impl Artifact for Module {
+    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self> {
+        Module::from_binary(engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("the module is not valid WebAssembly")
+    }
+
     fn serialize(&self) -> Result<Vec<u8>> {
         Module::serialize(self).map_err(anyhow::Error::from)
     }
@@ -68,6 +76,12 @@ impl Artifact for Module {
 }
 
 impl Artifact for Component {
+    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self> {
+        Component::from_binary(engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("the component is not valid")
+    }
+
     fn serialize(&self) -> Result<Vec<u8>> {
         Component::serialize(self).map_err(anyhow::Error::from)
     }

@@ -228,8 +228,6 @@ impl Guest {
     /// Instantiates the guest and returns the future that runs its entry point.
     pub async fn start(self, io: GuestIo) -> Result<Running> {
         let wasi = self.wasi(io)?;
-        self.usage
-            .set_memory_limit(self.limits.get().memory.unwrap_or(0));
         let limiter = Limiter {
             limits: self.limits.clone(),
             total: 0,

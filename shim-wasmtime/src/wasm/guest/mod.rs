@@ -22,8 +22,7 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
-use wasmtime::component::Component;
-use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime::{Engine, Linker, Store};
 
 use super::cache::{Artifact, DiskCache};
 use super::engine::Digest32;
@@ -135,7 +134,7 @@ pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
 }
 
 /// Compiles `bytes`, or loads the code the shim compiled for them before.
-fn compile<A: Artifact + Compile>(tools: &Toolbox, digest: &Digest32, bytes: &[u8]) -> Result<A> {
+fn compile<A: Artifact>(tools: &Toolbox, digest: &Digest32, bytes: &[u8]) -> Result<A> {
     if let Some(compiled) = tools
         .disk
         .as_ref()
@@ -155,27 +154,6 @@ fn compile<A: Artifact + Compile>(tools: &Toolbox, digest: &Digest32, bytes: &[u
         disk.store(digest, &compiled);
     }
     Ok(compiled)
-}
-
-/// Compiling from wasm bytes, for each kind of compiled code.
-trait Compile: Sized {
-    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self>;
-}
-
-impl Compile for Module {
-    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self> {
-        Module::from_binary(engine, bytes)
-            .map_err(anyhow::Error::from)
-            .context("the module is not valid WebAssembly")
-    }
-}
-
-impl Compile for Component {
-    fn compile(engine: &Engine, bytes: &[u8]) -> Result<Self> {
-        Component::from_binary(engine, bytes)
-            .map_err(anyhow::Error::from)
-            .context("the component is not valid")
-    }
 }
 
 #[cfg(test)]
