@@ -7,11 +7,11 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use harness::cri::{wait_log_line, Cri};
-use harness::{build_image, image_name, Containerd, CriOptions, RUNTIME};
+use harness::{bind_mount, build_image, image_name, Containerd, CriOptions, RUNTIME};
 
 /// Imports the component form of an example (`<name>-p2`).
 fn import_p2(cd: &Containerd, example: &str) -> Result<String> {
@@ -226,14 +226,8 @@ fn components_see_mounts_read_only_where_asked() -> Result<()> {
     let rw = tempfile::tempdir()?;
     let ro = tempfile::tempdir()?;
     std::fs::write(ro.path().join("in.txt"), "from the host")?;
-    let rw_mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:rw",
-        rw.path().display()
-    );
-    let ro_mount = format!(
-        "type=bind,src={},dst=/ro,options=rbind:ro",
-        ro.path().display()
-    );
+    let rw_mount = bind_mount(rw.path(), "/data", false);
+    let ro_mount = bind_mount(ro.path(), "/ro", true);
     let run = |id: &str, args: &[&str]| {
         let mut a = vec![
             "run",
@@ -362,7 +356,7 @@ fn limits_kill_and_stats_apply_to_components() -> Result<()> {
     let ps = cd.ctr(&["tasks", "ps", "c-s1"])?.ok()?;
     assert!(ps.stdout.contains(&shim.to_string()), "{}", ps.stdout);
     cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "c-s1"])?.ok()?;
-    let status = wait_child(&mut run)?;
+    let status = harness::wait_exit(&mut run, Duration::from_secs(20))?;
     assert_eq!(status, Some(137));
 
     // A CPU quota throttles a spinning component: a share, not a timing.
@@ -393,21 +387,6 @@ fn limits_kill_and_stats_apply_to_components() -> Result<()> {
         cd.kill_and_remove(id)?;
     }
     cd.assert_clean()
-}
-
-/// Waits (up to 20 s) for a `ctr` child to exit; returns its exit code.
-fn wait_child(child: &mut std::process::Child) -> Result<Option<i32>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status.code());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("ctr run did not return after the kill");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use harness::{image_name, Containerd, RUNTIME};
+use harness::{bind_mount, image_name, Containerd, RUNTIME};
 
 fn containerd() -> Containerd {
     match Containerd::start() {
@@ -160,17 +160,7 @@ fn kill_spinner(cd: &Containerd, id: &str, signal: Option<&str>) -> Result<Optio
     }
     args.push(id);
     cd.ctr(&args)?.ok()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = run.try_wait()? {
-            return Ok(status.code());
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            anyhow::bail!("ctr run did not return after the kill");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    harness::wait_exit(&mut run, Duration::from_secs(20))
 }
 
 #[test]
@@ -223,14 +213,8 @@ fn mounts_are_visible_and_read_only_ones_stay_read_only() -> Result<()> {
     let rw = tempfile::tempdir()?;
     let ro = tempfile::tempdir()?;
     std::fs::write(ro.path().join("in.txt"), "from the host")?;
-    let rw_mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:rw",
-        rw.path().display()
-    );
-    let ro_mount = format!(
-        "type=bind,src={},dst=/ro,options=rbind:ro",
-        ro.path().display()
-    );
+    let rw_mount = bind_mount(rw.path(), "/data", false);
+    let ro_mount = bind_mount(ro.path(), "/ro", true);
     let run = |id: &str, args: &[&str]| {
         let mut a = vec![
             "run",
@@ -292,10 +276,7 @@ fn guests_cannot_escape_their_filesystem() -> Result<()> {
     std::fs::write(secret.path().join("secret.txt"), "host secret")?;
     std::os::unix::fs::symlink(secret.path(), rw.path().join("abs"))?;
     std::os::unix::fs::symlink("../../../../../../../../..", rw.path().join("rel"))?;
-    let mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:rw",
-        rw.path().display()
-    );
+    let mount = bind_mount(rw.path(), "/data", false);
     let secret_rel = format!("/data/rel{}/secret.txt", secret.path().display());
     let attempts: Vec<(&str, Vec<&str>)> = vec![
         ("e1", vec!["read", "/../../../../etc/hostname"]),

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::Result;
-use harness::{Containerd, RUNTIME};
+use harness::{bind_mount, Containerd, RUNTIME};
 use oci_artifact::{Blob, Layout, MEDIA_IMAGE_CONFIG, MEDIA_MANIFEST, MEDIA_TAR_LAYER};
 
 /// Tasks of these tests share a shim through runc's grouping annotation.
@@ -78,14 +78,8 @@ fn hard_links_cannot_reach_outside() -> Result<()> {
     let rw = tempfile::tempdir()?;
     let ro = tempfile::tempdir()?;
     std::fs::write(ro.path().join("in.txt"), "read-only data")?;
-    let rw_mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:rw",
-        rw.path().display()
-    );
-    let ro_mount = format!(
-        "type=bind,src={},dst=/ro,options=rbind:ro",
-        ro.path().display()
-    );
+    let rw_mount = bind_mount(rw.path(), "/data", false);
+    let ro_mount = bind_mount(ro.path(), "/ro", true);
     for (id, from, to) in [
         ("hl1", "/data/../../../../etc/passwd", "/data/pw"),
         ("hl2", "/ro/in.txt", "/data/in-link.txt"),

@@ -636,6 +636,31 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -
     Ok(())
 }
 
+/// Waits up to `limit` for a child process (a foreground `ctr run`) to
+/// exit, and returns its exit code; kills it and fails after that.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Result<Option<i32>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A `ctr run --mount` bind mount of `src` at `dst`, read-only or not.
+pub fn bind_mount(src: &Path, dst: &str, read_only: bool) -> String {
+    let mode = if read_only { "ro" } else { "rw" };
+    format!(
+        "type=bind,src={},dst={dst},options=rbind:{mode}",
+        src.display()
+    )
+}
+
 /// Pids of processes whose argv contains all of `needles`.
 pub fn processes_with_args(needles: &[&str]) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
