@@ -375,13 +375,7 @@ fn limits_kill_and_stats_apply_to_components() -> Result<()> {
         ],
     )?;
     cd.run_detached("c-q2", &["--runtime", RUNTIME, &spin, "c-q2"])?;
-    let (a0, b0) = (
-        cd.metric("c-q1", "cpuacct.usage")?,
-        cd.metric("c-q2", "cpuacct.usage")?,
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let used1 = cd.metric("c-q1", "cpuacct.usage")? - a0;
-    let used2 = cd.metric("c-q2", "cpuacct.usage")? - b0;
+    let (used1, used2) = cd.cpu_in_window("c-q1", "c-q2", Duration::from_secs(2))?;
     assert!(used1 * 3 < used2, "throttled {used1} ns vs free {used2} ns");
     for id in ["c-q1", "c-q2"] {
         cd.kill_and_remove(id)?;

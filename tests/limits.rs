@@ -84,11 +84,7 @@ fn cpu_quota_throttles_a_spinning_guest() -> Result<()> {
         ],
     )?;
     cd.run_detached("q2", &["--runtime", RUNTIME, &image, "q2"])?;
-    let start1 = cd.metric("q1", "cpuacct.usage")?;
-    let start2 = cd.metric("q2", "cpuacct.usage")?;
-    std::thread::sleep(Duration::from_secs(2));
-    let used1 = cd.metric("q1", "cpuacct.usage")? - start1;
-    let used2 = cd.metric("q2", "cpuacct.usage")? - start2;
+    let (used1, used2) = cd.cpu_in_window("q1", "q2", Duration::from_secs(2))?;
     // Not a timing: a share. The throttled guest must use far less CPU than
     // the free one, and at most about its 10% quota of the 2 s.
     assert!(

@@ -122,20 +122,11 @@ fn update_changes_a_running_guests_memory_and_cpu() -> Result<()> {
     let spin = cd.import("spin")?;
     cd.run_detached("up2", &["--runtime", RUNTIME, &spin, "up2"])?;
     cd.run_detached("up3", &["--runtime", RUNTIME, &spin, "up3"])?;
-    let window = |secs| -> Result<(u64, u64)> {
-        let a = cd.metric("up2", "cpuacct.usage")?;
-        let b = cd.metric("up3", "cpuacct.usage")?;
-        std::thread::sleep(Duration::from_secs(secs));
-        Ok((
-            cd.metric("up2", "cpuacct.usage")? - a,
-            cd.metric("up3", "cpuacct.usage")? - b,
-        ))
-    };
     cd.update_task(
         "up2",
         json!({"cpu": {"quota": 10_000, "period": 100_000}, "pids": {"limit": 10}}),
     )??;
-    let (throttled, free) = window(2)?;
+    let (throttled, free) = cd.cpu_in_window("up2", "up3", Duration::from_secs(2))?;
     assert!(
         throttled * 3 < free,
         "throttled {throttled} ns vs its free neighbour's {free} ns"
@@ -147,7 +138,7 @@ fn update_changes_a_running_guests_memory_and_cpu() -> Result<()> {
         tonic::Code::InvalidArgument
     );
     cd.update_task("up2", json!({"cpu": {"quota": -1}}))??;
-    let (lifted, free) = window(2)?;
+    let (lifted, free) = cd.cpu_in_window("up2", "up3", Duration::from_secs(2))?;
     assert!(
         lifted * 2 > free,
         "lifted {lifted} ns vs its free neighbour's {free} ns"

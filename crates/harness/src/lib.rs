@@ -294,6 +294,20 @@ impl Containerd {
             .with_context(|| format!("no {name} in:\n{}", out.stdout))
     }
 
+    /// CPU time (ns, `cpuacct.usage`) tasks `a` and `b` use in the same
+    /// window of `window`: for comparing shares, never durations.
+    pub fn cpu_in_window(&self, a: &str, b: &str, window: Duration) -> Result<(u64, u64)> {
+        let (a0, b0) = (
+            self.metric(a, "cpuacct.usage")?,
+            self.metric(b, "cpuacct.usage")?,
+        );
+        std::thread::sleep(window);
+        Ok((
+            self.metric(a, "cpuacct.usage")? - a0,
+            self.metric(b, "cpuacct.usage")? - b0,
+        ))
+    }
+
     /// Task Update through containerd's API, with `resources` as the OCI
     /// `LinuxResources` JSON that containerd's own client sends (no `ctr`
     /// command sends an Update). Returns the gRPC status on failure.
