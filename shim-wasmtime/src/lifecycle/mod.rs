@@ -3,14 +3,16 @@
 //! Nothing in here knows about Wasmtime. An engine plugs in through two small
 //! traits: [`Runtime`] prepares a task in Create (so bad input fails early,
 //! with the container's name in the error), and [`Prepared`] starts it,
-//! returning a future that runs the guest to its exit. Killing a task drops
-//! that future, which is why engines must yield regularly.
+//! returning a future that runs the guest to its exit, on the runtime of the
+//! guest's network namespace ([`netns`]) when it has sockets. Killing a task
+//! aborts that future, which is why engines must yield regularly.
 
 pub mod cgroup;
 pub mod entrypoint;
 pub mod error;
 pub mod events;
 pub mod limits;
+pub mod netns;
 pub mod rootfs;
 pub mod stdio;
 pub mod task;
@@ -62,8 +64,14 @@ impl Exit {
     }
 }
 
-/// A running guest: resolves when it exits. Dropping it stops the guest.
-pub type Running = Pin<Box<dyn Future<Output = Exit> + Send>>;
+/// A running guest.
+pub struct Running {
+    /// Resolves when the guest exits. Dropping it stops the guest.
+    pub guest: Pin<Box<dyn Future<Output = Exit> + Send>>,
+    /// The network namespace it must run in (on that namespace's runtime);
+    /// `None`: the shim's own, on the shim's runtime.
+    pub namespace: Option<Arc<netns::Namespace>>,
+}
 
 /// An engine that runs tasks.
 #[async_trait]

@@ -21,7 +21,7 @@ use super::error::{Error, Result};
 use super::limits::LiveLimits;
 use super::stdio::{StdioPaths, TaskIo};
 use super::usage::{Metered, Usage};
-use super::{Exit, GuestIo, Prepared};
+use super::{Exit, GuestIo, Prepared, Running};
 
 /// The code a task gets when Start fails after Create succeeded, as runc
 /// reports for a start error.
@@ -193,12 +193,31 @@ impl Task {
         on_started();
 
         let task = Arc::clone(self);
+        let Running { guest, namespace } = running;
+        // The guest runs where its sockets must be made: on its network
+        // namespace's runtime, or on the shim's. CPU time is metered on
+        // whichever thread polls it.
+        let runtime = namespace
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |ns| ns.handle());
         tokio::spawn(async move {
-            let guest = Metered::new(running, task.usage.clone());
+            let mut guest = runtime.spawn(Metered::new(guest, task.usage.clone()));
             let exit = tokio::select! {
-                exit = guest => exit,
-                Ok(signal) = kill_rx => Exit::code(128 + signal),
+                joined = &mut guest => joined.unwrap_or_else(|err| Exit {
+                    code: 128 + libc::SIGABRT as u32,
+                    reason: Some(format!("the shim failed while running the guest: {err}")),
+                }),
+                Ok(signal) = kill_rx => {
+                    // Wait until the guest is dropped, so that its sockets
+                    // and files are closed before the exit is reported.
+                    guest.abort();
+                    let _ = guest.await;
+                    Exit::code(128 + signal)
+                }
             };
+            // Last of all the guest's namespace runtime, if this was its
+            // last task.
+            drop(namespace);
             if let Some(reason) = &exit.reason {
                 write_reason(&stderr, reason).await;
             }
