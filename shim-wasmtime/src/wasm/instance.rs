@@ -26,8 +26,12 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup;
+
 use super::guest::Linked;
 use super::mounts::Preopen;
+use super::names::{ContainerLookup, ContainerNames, NamesView};
+use crate::lifecycle::netns::Namespace;
 use crate::lifecycle::{Exit, GuestIo, LiveLimits, Running, Usage};
 
 /// The exit code of a guest that trapped, unless the trap maps to SIGFPE or SIGSEGV.
@@ -54,8 +58,19 @@ pub const MAX_HOSTCALL_BYTES: usize = 16 << 20;
 /// Everything a guest's `Store` holds.
 pub struct GuestState {
     pub wasi: WasiP1Ctx,
+    /// The container's name lookup, for a guest with sockets.
+    names: Option<Arc<ContainerNames>>,
     limiter: Limiter,
     throttle: Throttle,
+}
+
+impl GuestState {
+    fn names_view(&mut self) -> NamesView<'_> {
+        NamesView {
+            table: self.wasi.ctx().table,
+            names: self.names.as_ref(),
+        }
+    }
 }
 
 /// Enforces the task's CPU quota, as it is at each epoch tick: a guest that
@@ -160,13 +175,18 @@ pub fn module_linker(engine: &Engine) -> Result<Linker<GuestState>> {
 }
 
 /// The linker components are linked with: WASI 0.2, every interface
-/// wasmtime-wasi implements. Sockets are linked but refused: the context
-/// grants no network.
+/// wasmtime-wasi implements, with `wasi:sockets/ip-name-lookup` replaced by
+/// the container's own (see [`super::names`]). Sockets work only for a
+/// guest whose context allows them (one that imports them).
 pub fn component_linker(engine: &Engine) -> Result<component::Linker<GuestState>> {
     let mut linker = component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("add WASI 0.2 to the component linker")?;
+    linker.allow_shadowing(true);
+    ip_name_lookup::add_to_linker::<GuestState, ContainerLookup>(&mut linker, |s| s.names_view())
+        .map_err(anyhow::Error::from)
+        .context("add the container's name lookup to the component linker")?;
     Ok(linker)
 }
 
@@ -192,6 +212,16 @@ pub struct Guest {
     pub preopens: Vec<Preopen>,
     pub limits: Arc<LiveLimits>,
     pub usage: Arc<Usage>,
+    /// For a guest that imports `wasi:sockets`: its network. `None`: no
+    /// sockets, and no name lookup.
+    pub sockets: Option<Sockets>,
+}
+
+/// What a guest with sockets gets, as a process in its container would.
+pub struct Sockets {
+    /// Where its sockets live: `None` for the shim's own namespace.
+    pub namespace: Option<Arc<Namespace>>,
+    pub names: Arc<ContainerNames>,
 }
 
 impl Guest {
@@ -199,11 +229,15 @@ impl Guest {
         let mut b = WasiCtxBuilder::new();
         // WASI preview 1 writes to these with write-and-flush: a guest's
         // write returns once its bytes are in the task's pipe.
-        // No network: a component's wasi:sockets is linked but every use is
-        // refused (the defaults too, but explicitly, not by a default).
-        b.allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        // A guest that imports wasi:sockets has the network its container
+        // has (any address, in its namespace); any other has none.
+        let network = self.sockets.is_some();
+        b.allow_tcp(network)
+            .allow_udp(network)
+            .allow_ip_name_lookup(network);
+        if network {
+            b.inherit_network();
+        }
         b.args(&self.args)
             .envs(&self.env)
             .initial_cwd(&self.cwd)
@@ -244,6 +278,7 @@ impl Guest {
             &self.engine,
             GuestState {
                 wasi,
+                names: self.sockets.as_ref().map(|s| s.names.clone()),
                 limiter,
                 throttle,
             },
@@ -264,11 +299,14 @@ impl Guest {
             .instantiate(&mut store)
             .await
             .with_context(|| format!("instantiate {path}"))?;
-        Ok(Box::pin(async move {
-            let result = entry.call(&mut store).await;
-            let refused = store.data().limiter.refused;
-            exit_of(result, &path, refused)
-        }))
+        Ok(Running {
+            guest: Box::pin(async move {
+                let result = entry.call(&mut store).await;
+                let refused = store.data().limiter.refused;
+                exit_of(result, &path, refused)
+            }),
+            namespace: self.sockets.and_then(|s| s.namespace),
+        })
     }
 }
 

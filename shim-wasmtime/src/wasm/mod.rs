@@ -13,6 +13,7 @@ pub mod guest;
 pub mod instance;
 pub mod module;
 pub mod mounts;
+pub mod names;
 
 use std::sync::Arc;
 
@@ -20,7 +21,8 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 
 use self::engine::WasmEngine;
-use self::instance::Guest;
+use self::instance::{Guest, Sockets};
+use crate::lifecycle::netns::{Namespaces, Network};
 use crate::lifecycle::{GuestIo, Prepared, Running, Runtime, TaskSpec, Usage};
 
 pub struct WasmtimeRuntime {
@@ -30,6 +32,8 @@ pub struct WasmtimeRuntime {
     settings: engine::Settings,
     /// Where artifacts' modules are read from, when the rootfs has none.
     content: Option<content::ContentStore>,
+    /// The network namespaces guests with sockets run in.
+    namespaces: Arc<Namespaces>,
 }
 
 impl WasmtimeRuntime {
@@ -39,6 +43,7 @@ impl WasmtimeRuntime {
             engine: Arc::default(),
             settings,
             content,
+            namespaces: Arc::new(Namespaces::new()),
         };
         let (cell, settings) = (runtime.engine.clone(), runtime.settings.clone());
         tokio::spawn(async move {
@@ -51,6 +56,30 @@ impl WasmtimeRuntime {
 
     async fn engine(&self) -> Result<Arc<WasmEngine>> {
         init_engine(&self.engine, self.settings.clone()).await
+    }
+
+    /// The network of a guest that imports `wasi:sockets`: its container's
+    /// namespace (joined or made, see `lifecycle::netns`) and name lookup.
+    async fn sockets(&self, task: &TaskSpec) -> Result<Sockets> {
+        let network = Network::of(&task.spec);
+        let namespaces = self.namespaces.clone();
+        let (spec, rootfs, id) = (task.spec.clone(), task.rootfs.clone(), task.id.clone());
+        tokio::task::spawn_blocking(move || {
+            let names = names::ContainerNames::read(&spec, &rootfs)
+                .context("read the container's /etc/hosts and /etc/resolv.conf")?;
+            let namespace = namespaces.place(&network, &id)?;
+            tracing::debug!(
+                id,
+                netns = namespace.as_ref().map(|ns| ns.inode()),
+                "guest has sockets"
+            );
+            Ok(Sockets {
+                namespace,
+                names: Arc::new(names),
+            })
+        })
+        .await
+        .context("network setup panicked")?
     }
 }
 
@@ -137,6 +166,10 @@ impl Runtime for WasmtimeRuntime {
             .await
             .with_context(|| format!("module {module_path}"))?;
         let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
+        let sockets = match linked.uses_sockets() {
+            true => Some(self.sockets(task).await?),
+            false => None,
+        };
         tracing::debug!(
             id = task.id,
             module = module_path,
@@ -154,6 +187,7 @@ impl Runtime for WasmtimeRuntime {
             preopens,
             limits: task.limits.clone(),
             usage,
+            sockets,
         })))
     }
 }

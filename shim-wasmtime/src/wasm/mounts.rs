@@ -10,9 +10,12 @@
 //! - Bind mounts of single files cannot be preopened (WASI preopens
 //!   directories) and are left out, with a log line.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
 use oci_spec::runtime::Spec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,17 +49,7 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
             continue;
         }
         let dest = m.destination().to_string_lossy().into_owned();
-        if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
-            bail!("mount destination {dest:?} must be an absolute path without '..'");
-        }
-        // `/a//b/./` is `/a/b`, and `/` stays `/`.
-        let guest = format!(
-            "/{}",
-            dest.split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .collect::<Vec<_>>()
-                .join("/")
-        );
+        let guest = normal(&dest)?;
         let Some(source) = m.source().clone() else {
             bail!("bind mount at {dest} has no source");
         };
@@ -82,6 +75,73 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
         });
     }
     Ok(out)
+}
+
+/// `/a//b/./` is `/a/b`, and `/` stays `/`. Relative paths and `..` are
+/// refused.
+fn normal(dest: &str) -> Result<String> {
+    if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+        bail!("mount destination {dest:?} must be an absolute path without '..'");
+    }
+    Ok(format!(
+        "/{}",
+        dest.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect::<Vec<_>>()
+            .join("/")
+    ))
+}
+
+/// Reads `path` (absolute, normal) as the container sees it, at most
+/// `limit` bytes: from the last bind mount of that file or of a directory
+/// above it, else from the rootfs. Below a mount or the rootfs, symlinks
+/// resolve inside it, never out. `Ok(None)`: the container has no such
+/// file. Blocking.
+pub fn read_container_file(
+    spec: &Spec,
+    rootfs: &Path,
+    path: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>> {
+    let mut from = (
+        rootfs.to_path_buf(),
+        path.trim_start_matches('/').to_string(),
+    );
+    for m in spec.mounts().iter().flatten() {
+        let options = m.options().clone().unwrap_or_default();
+        let (Some(source), true) = (m.source(), is_bind(m.typ().as_deref(), &options)) else {
+            continue;
+        };
+        let dest = normal(&m.destination().to_string_lossy())?;
+        if dest == path {
+            // A mount of the file itself: its source is what containerd
+            // named, read as it is.
+            from = (source.clone(), String::new());
+        } else if let Some(rel) = path.strip_prefix(&format!("{}/", dest.trim_end_matches('/'))) {
+            from = (source.clone(), rel.to_string());
+        }
+    }
+    let (base, rel) = from;
+    let file = if rel.is_empty() {
+        std::fs::File::open(&base).map(cap_std::fs::File::from_std)
+    } else {
+        Dir::open_ambient_dir(&base, ambient_authority()).and_then(|dir| dir.open(&rel))
+    };
+    let file = match file {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(err).with_context(|| format!("open {path} of the container"));
+        }
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("read {path} of the container"))?;
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -112,6 +172,53 @@ mod tests {
         let p = preopens(&s, PathBuf::from("/r")).unwrap();
         let got: Vec<_> = p.iter().map(|p| (p.guest.as_str(), p.read_only)).collect();
         assert_eq!(got, vec![("/", true), ("/data", true), ("/rw", false)]);
+    }
+
+    #[test]
+    fn container_files_come_from_the_last_mount_or_the_rootfs() {
+        let root = tempfile::tempdir().unwrap();
+        let rootfs = root.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(rootfs.join("etc/hosts"), "rootfs").unwrap();
+        // A link out of the rootfs resolves inside it, where nothing is.
+        std::fs::write(root.path().join("secret"), "host").unwrap();
+        std::os::unix::fs::symlink("../../secret", rootfs.join("etc/resolv.conf")).unwrap();
+        let hosts = root.path().join("pod-hosts");
+        std::fs::write(&hosts, "pod").unwrap();
+        let etc = root.path().join("etc-dir");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("hosts"), "dir").unwrap();
+
+        let read = |mounts: serde_json::Value, path: &str| {
+            let s = spec(serde_json::json!({
+                "ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": mounts
+            }));
+            read_container_file(&s, &rootfs, path, 1 << 20)
+                .unwrap()
+                .map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(
+            read(serde_json::json!([]), "/etc/hosts").as_deref(),
+            Some("rootfs")
+        );
+        assert_eq!(read(serde_json::json!([]), "/etc/missing"), None);
+        let plain = spec(serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}}));
+        let escaped = read_container_file(&plain, &rootfs, "/etc/resolv.conf", 1 << 20);
+        assert!(
+            !matches!(escaped, Ok(Some(ref b)) if b == b"host"),
+            "{escaped:?}"
+        );
+        let file = serde_json::json!([
+            {"destination": "/etc", "type": "bind", "source": etc, "options": ["rbind"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]}
+        ]);
+        assert_eq!(read(file, "/etc/hosts").as_deref(), Some("pod"));
+        let dir = serde_json::json!([
+            {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
+            {"destination": "/etc/", "type": "bind", "source": etc, "options": ["rbind"]},
+            {"destination": "/etc/hosts", "type": "tmpfs", "source": "tmpfs"}
+        ]);
+        assert_eq!(read(dir, "/etc/hosts").as_deref(), Some("dir"));
     }
 
     #[test]

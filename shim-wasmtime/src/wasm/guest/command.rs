@@ -39,7 +39,11 @@ impl Kind for Command {
         let pre = CommandPre::new(pre)
             .map_err(anyhow::Error::from)
             .context("its wasi:cli/run export is not the interface WASI 0.2 defines")?;
-        Ok(Arc::new(LinkedCommand(pre)))
+        let sockets = component
+            .component_type()
+            .imports(&tools.engine)
+            .any(|(name, _)| name.starts_with("wasi:sockets/"));
+        Ok(Arc::new(LinkedCommand { pre, sockets }))
     }
 }
 
@@ -79,7 +83,11 @@ fn check_run_export(engine: &Engine, component: &Component) -> Result<()> {
     Ok(())
 }
 
-struct LinkedCommand(CommandPre<GuestState>);
+struct LinkedCommand {
+    pre: CommandPre<GuestState>,
+    /// Whether it imports any `wasi:sockets` interface.
+    sockets: bool,
+}
 
 #[async_trait]
 impl Linked for LinkedCommand {
@@ -87,9 +95,13 @@ impl Linked for LinkedCommand {
         Command.name()
     }
 
+    fn uses_sockets(&self) -> bool {
+        self.sockets
+    }
+
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>> {
         let command = self
-            .0
+            .pre
             .instantiate_async(&mut *store)
             .await
             .map_err(anyhow::Error::from)?;

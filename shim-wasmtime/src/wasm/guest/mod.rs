@@ -79,6 +79,11 @@ pub trait Kind: Send + Sync {
 pub trait Linked: Send + Sync {
     /// The kind's name, for logs.
     fn kind(&self) -> &'static str;
+    /// Whether the guest imports `wasi:sockets`: only such a guest gets a
+    /// network, and runs in its container's network namespace.
+    fn uses_sockets(&self) -> bool {
+        false
+    }
     /// Instantiates the guest in `store`; an error fails Start.
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>>;
 }
