@@ -3,6 +3,7 @@
 #   $OUT/*.wasm         WASI preview1 modules compiled from examples/*/*.c
 #   $OUT/trap-debug.wasm  trap.c with DWARF, for backtraces with file and line
 #   $OUT/p2/*.wasm      the same programs as preview 2 command components
+#   $OUT/p2/net.wasm    sockets/net.c: a component that uses wasi:sockets
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
@@ -40,7 +41,7 @@ OUT="$(cd "$OUT" && pwd)" # absolute, as the build runs from $EXAMPLES
 # into the output. Run from $EXAMPLES with relative paths for the same reason.
 cd "$EXAMPLES"
 for src in */*.c; do
-    [[ "$src" == native/* ]] && continue # Linux-only programs, built below
+    [[ "$src" == native/* || "$src" == sockets/* ]] && continue # built below
     name="$(basename "$src" .c)"
     echo "wasm   $OUT/$name.wasm"
     "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/$name.wasm" "$src"
@@ -62,11 +63,26 @@ fi
 CLI="${OCI_ARTIFACT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/oci-artifact}"
 mkdir -p "$OUT/p2"
 for src in */*.c; do
-    [[ "$src" == native/* ]] && continue
+    [[ "$src" == native/* || "$src" == sockets/* ]] && continue
     name="$(basename "$src" .c)"
     echo "p2     $OUT/p2/$name.wasm"
     "$CLI" componentize "$OUT/$name.wasm" -o "$OUT/p2/$name.wasm" >/dev/null
 done
+
+# net.c imports wasi:sockets directly: its module carries the world that
+# declares those imports (sockets/world.wit, beside the WASI WIT of the
+# wasmtime-wasi release in Cargo.lock) before the adapter wraps it.
+WASI_WIT="$(cargo metadata --format-version 1 --locked --manifest-path "$ROOT/Cargo.toml" |
+    python3 -c 'import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "wasmtime-wasi":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/p2/wit/deps"))')"
+[[ -d "$WASI_WIT" ]] || die "the WASI WIT of wasmtime-wasi was not found (cargo fetch?)"
+rm -rf "$OUT/wit" && mkdir -p "$OUT/wit" "$OUT/core"
+cp sockets/world.wit "$OUT/wit/" && cp -r "$WASI_WIT" "$OUT/wit/deps"
+echo "p2     $OUT/p2/net.wasm (wasi:sockets)"
+"$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/core/net.wasm" sockets/net.c
+"$CLI" componentize "$OUT/core/net.wasm" --wit "$OUT/wit" --world net -o "$OUT/p2/net.wasm" >/dev/null
 
 # Broken inputs. component.wat is documentation only: wat2wasm cannot encode
 # components, so its binary form is written by hand below.

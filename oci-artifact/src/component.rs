@@ -22,19 +22,47 @@ pub enum Adapter {
     Proxy,
 }
 
-/// Wraps a preview 1 core module into a component with `adapter`.
-pub fn componentize(module: &[u8], adapter: Adapter) -> Result<Vec<u8>> {
+/// A WIT world that declares what a module imports from WASI 0.2 (or
+/// elsewhere) directly, beside preview 1: a folder of WIT with its `deps/`,
+/// and the world's name.
+pub struct World<'a> {
+    pub wit: &'a std::path::Path,
+    pub name: &'a str,
+}
+
+/// Wraps a preview 1 core module into a component with `adapter`. A module
+/// that also imports component-model functions directly (C code declaring
+/// `wasi:sockets` imports, say) needs the `world` that declares them; it is
+/// embedded in the module first, as `wit-bindgen` would.
+pub fn componentize(module: &[u8], adapter: Adapter, world: Option<World<'_>>) -> Result<Vec<u8>> {
     ensure!(
         wasmparser::Parser::is_core_wasm(module),
         "the input is not a WebAssembly core module (a component already, or not wasm)"
     );
+    let mut module = module.to_vec();
+    if let Some(world) = world {
+        let mut resolve = wit_parser::Resolve::default();
+        let (package, _) = resolve
+            .push_path(world.wit)
+            .with_context(|| format!("read the WIT in {}", world.wit.display()))?;
+        let id = resolve
+            .select_world(&[package], Some(world.name))
+            .with_context(|| format!("find world {} in {}", world.name, world.wit.display()))?;
+        wit_component::embed_component_metadata(
+            &mut module,
+            &resolve,
+            id,
+            wit_component::StringEncoding::UTF8,
+        )
+        .context("embed the world in the module")?;
+    }
     let bytes = match adapter {
         Adapter::Command => WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
         Adapter::Reactor => WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
         Adapter::Proxy => WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
     };
     wit_component::ComponentEncoder::default()
-        .module(module)
+        .module(&module)
         .context("read the module")?
         .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, bytes)
         .context("add the preview 1 adapter")?
@@ -56,7 +84,7 @@ mod tests {
                 (func (export "_start") i32.const 3 call $exit))"#,
         )
         .unwrap();
-        let component = componentize(&module, Adapter::Command).unwrap();
+        let component = componentize(&module, Adapter::Command, None).unwrap();
         let info = crate::inspect::inspect(&component).unwrap();
         assert!(info.component);
         assert!(
@@ -65,6 +93,6 @@ mod tests {
                 .any(|e| e.starts_with("wasi:cli/run@0.2.")),
             "{info:?}"
         );
-        assert!(componentize(&component, Adapter::Command).is_err());
+        assert!(componentize(&component, Adapter::Command, None).is_err());
     }
 }

@@ -134,6 +134,14 @@ enum Command {
         /// wasi:http/incoming-handler), which the shim does not run yet.
         #[arg(long, value_enum, default_value = "command")]
         adapter: AdapterArg,
+        /// A folder of WIT (with its deps/) holding the world that declares
+        /// what the module imports from WASI 0.2 directly, beside preview 1
+        /// (needs --world).
+        #[arg(long, requires = "world")]
+        wit: Option<PathBuf>,
+        /// That world's name.
+        #[arg(long, requires = "wit")]
+        world: Option<String>,
     },
     /// Describe an image or a module: form, media types, digests, os/arch,
     /// kind of module, imports and exports.
@@ -335,6 +343,8 @@ fn run(cli: Cli) -> Result<()> {
             module,
             output,
             adapter,
+            wit,
+            world,
         } => {
             let bytes =
                 std::fs::read(&module).with_context(|| format!("read {}", module.display()))?;
@@ -343,7 +353,11 @@ fn run(cli: Cli) -> Result<()> {
                 AdapterArg::Reactor => oci_artifact::component::Adapter::Reactor,
                 AdapterArg::Proxy => oci_artifact::component::Adapter::Proxy,
             };
-            let component = oci_artifact::component::componentize(&bytes, adapter)
+            let world = wit
+                .as_deref()
+                .zip(world.as_deref())
+                .map(|(wit, name)| oci_artifact::component::World { wit, name });
+            let component = oci_artifact::component::componentize(&bytes, adapter, world)
                 .with_context(|| format!("make a component from {}", module.display()))?;
             std::fs::write(&output, &component)
                 .with_context(|| format!("write {}", output.display()))?;
