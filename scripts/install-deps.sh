@@ -21,6 +21,7 @@ PACKAGES=(
   busybox-static
   util-linux
   python3-venv
+  containernetworking-plugins
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }

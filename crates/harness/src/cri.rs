@@ -11,10 +11,10 @@ pub use k8s_cri::v1::LinuxContainerResources;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use tonic::transport::Channel;
 
@@ -59,6 +59,29 @@ impl Cri {
 
     /// RunPodSandbox with the `wasmtime` handler, on the host's network.
     pub async fn run_pod(&mut self, name: &str, log_dir: &Path, handler: &str) -> Result<Pod> {
+        self.run_pod_on(name, log_dir, handler, NamespaceMode::Node)
+            .await
+    }
+
+    /// RunPodSandbox with a network namespace of the pod's own, set up by
+    /// the CNI config (`CriOptions::pod_network`).
+    pub async fn run_pod_with_network(
+        &mut self,
+        name: &str,
+        log_dir: &Path,
+        handler: &str,
+    ) -> Result<Pod> {
+        self.run_pod_on(name, log_dir, handler, NamespaceMode::Pod)
+            .await
+    }
+
+    async fn run_pod_on(
+        &mut self,
+        name: &str,
+        log_dir: &Path,
+        handler: &str,
+        network: NamespaceMode,
+    ) -> Result<Pod> {
         std::fs::create_dir_all(log_dir)?;
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
@@ -71,7 +94,7 @@ impl Cri {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
+                        network: network as i32,
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -138,6 +161,51 @@ impl Cri {
             ..Default::default()
         });
         self.start_configured(pod, config).await
+    }
+
+    /// As [`Self::start_container`], with files or folders of the host
+    /// mounted into the container, as the kubelet mounts volumes (and the
+    /// pod's `/etc/hosts`): `(host path, container path, read-only)`.
+    pub async fn start_with_mounts(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        command: &[&str],
+        mounts: &[(&Path, &str, bool)],
+    ) -> Result<String> {
+        let mut config = container_config(name, 0, image, command);
+        config.mounts = mounts
+            .iter()
+            .map(|(host, container, readonly)| Mount {
+                host_path: host.to_string_lossy().into_owned(),
+                container_path: container.to_string(),
+                readonly: *readonly,
+                ..Default::default()
+            })
+            .collect();
+        self.start_configured(pod, config).await
+    }
+
+    /// The pid of the pod's sandbox (pause) process, from containerd's
+    /// verbose PodSandboxStatus.
+    pub async fn sandbox_pid(&mut self, pod: &Pod) -> Result<u32> {
+        let status = self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: true,
+            })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner();
+        let info = status.info.get("info").context("no verbose info")?;
+        let info: serde_json::Value = serde_json::from_str(info)?;
+        info["pid"]
+            .as_u64()
+            .filter(|pid| *pid > 0)
+            .map(|pid| pid as u32)
+            .with_context(|| format!("no sandbox pid in {info}"))
     }
 
     /// UpdateContainerResources, as the kubelet resizes a pod in place.

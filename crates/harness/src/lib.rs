@@ -101,6 +101,46 @@ pub struct CriOptions {
     pub registry: Option<String>,
     /// Register `deploy/wasm-stream-processor` for `application/wasm`.
     pub stream_processor: bool,
+    /// A CNI network for pods with their own network namespace: Debian's
+    /// `ptp` plugin (a veth pair, the pod's end on `eth0` with an address
+    /// from `host-local`), then `loopback`. Without it, only host-network
+    /// pods start.
+    pub pod_network: bool,
+}
+
+/// Where Debian's containernetworking-plugins puts the CNI plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// Writes a CNI config for this containerd's pods: a /24 of 198.18.0.0/15
+/// (reserved for benchmarks, never routed) picked per containerd, so that
+/// concurrent tests never share addresses, with IPAM state in `dir`.
+fn write_cni_config(dir: &Path) -> Result<PathBuf> {
+    let conf_dir = dir.join("cni");
+    std::fs::create_dir_all(&conf_dir)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "wt".into());
+    let slot = std::process::id() as usize * 31 + SEQ.load(Ordering::Relaxed) as usize;
+    let subnet = format!("198.{}.{}.0/24", 18 + (slot / 256) % 2, slot % 256);
+    let config = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": name,
+        "plugins": [
+            {
+                "type": "ptp",
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": subnet,
+                    "dataDir": dir.join("cni-ipam"),
+                }
+            },
+            {"type": "loopback"}
+        ]
+    });
+    std::fs::write(conf_dir.join("10-pods.conflist"), config.to_string())?;
+    Ok(conf_dir)
 }
 
 /// The namespace containerd's CRI plugin works in.
@@ -142,6 +182,20 @@ fn cri_config(v3: bool, dir: &Path, opts: &CriOptions) -> Result<String> {
             certs = certs.display()
         )
     };
+    if opts.pod_network {
+        let conf_dir = write_cni_config(dir)?;
+        c.push_str(&if v3 {
+            format!(
+                "[plugins.\"io.containerd.cri.v1.runtime\".cni]\n  bin_dirs = [\"{CNI_BIN_DIR}\"]\n  conf_dir = \"{}\"\n",
+                conf_dir.display()
+            )
+        } else {
+            format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{CNI_BIN_DIR}\"\n  conf_dir = \"{}\"\n",
+                conf_dir.display()
+            )
+        });
+    }
     if opts.stream_processor {
         c.push_str(&format!(
             "[stream_processors]\n  [stream_processors.\"io.containerd.wasm.tar\"]\n    \

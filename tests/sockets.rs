@@ -1,0 +1,418 @@
+//! `wasi:sockets` in the container's network namespace, through `ctr` and
+//! CRI, with `examples/sockets/net.c` (a component that imports
+//! `wasi:sockets` directly):
+//!
+//! - `ctr run --net-host`: the guest reaches a server on the host's loopback,
+//!   by address and by a name from the container's `/etc/hosts` (which ctr
+//!   mounts from the host);
+//! - plain `ctr run`: a new namespace with only loopback, up; the host's
+//!   loopback server is out of reach; names come from a mounted hosts file;
+//! - a pod with its own namespace (CNI `ptp`): the guest reaches a server the
+//!   test runs inside the pod's namespace, not the host's; the pod's
+//!   `/etc/hosts` mount names it; nothing stays behind in the shim.
+//!
+//! Traffic stays on loopback, in the host's namespace or the pod's.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use harness::cri::{attempt_log_lines, wait_log_line, Cri};
+use harness::{bind_mount, Containerd, CriOptions, RUNTIME};
+
+/// A one-line TCP server: answers each connection's first line with
+/// `pong: <line>` and closes it. Reports each line it got.
+/// Or, `silent`, holds each connection open without reading or answering,
+/// and reports it as an empty line.
+struct Server {
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    _thread: JoinHandle<()>,
+}
+
+impl Server {
+    fn on(listener: TcpListener) -> Result<Self> {
+        Self::start(listener, false)
+    }
+
+    fn start(listener: TcpListener, silent: bool) -> Result<Self> {
+        let addr = listener.local_addr()?;
+        let (tx, lines) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                if silent {
+                    held.push(conn);
+                    if tx.send(String::new()).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let mut line = String::new();
+                let _ = BufReader::new(&conn).read_line(&mut line);
+                let line = line.trim_end().to_string();
+                let _ = writeln!(conn, "pong: {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            lines,
+            _thread: thread,
+        })
+    }
+
+    /// A server on the host's loopback.
+    fn host() -> Result<Self> {
+        Self::on(TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    /// A server on the loopback of the network namespace at `netns`: the
+    /// listening socket is made by a thread that entered it, and stays
+    /// there.
+    fn in_namespace(netns: &Path) -> Result<Self> {
+        Self::start(Self::listen_in(netns)?, false)
+    }
+
+    fn listen_in(netns: &Path) -> Result<TcpListener> {
+        let ns = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+        let listener = std::thread::spawn(move || -> Result<TcpListener> {
+            // SAFETY: setns(2) on a namespace file we hold; only this
+            // short-lived thread moves.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            Ok(TcpListener::bind("127.0.0.1:0")?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("setns thread panicked"))??;
+        Ok(listener)
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// The lines received so far.
+    fn received(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+/// A hosts file that names 127.0.0.1 `server.test`.
+fn hosts_file(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("hosts");
+    std::fs::write(
+        &path,
+        "# the container's own\n127.0.0.1 server.test server\n",
+    )?;
+    Ok(path)
+}
+
+fn net_image(cd: &Containerd) -> Result<String> {
+    cd.import("net-p2")
+}
+
+#[test]
+fn net_host_guests_reach_the_hosts_loopback_by_address_and_by_name() -> Result<()> {
+    let cd = Containerd::start()?;
+    let net = net_image(&cd)?;
+    let server = Server::host()?;
+    let port = server.port();
+
+    let run = |id: &str, args: &[&str]| {
+        let mut a = vec!["run", "--rm", "--net-host", "--runtime", RUNTIME];
+        a.extend([net.as_str(), id, "/net.wasm"]);
+        a.extend_from_slice(args);
+        cd.ctr(&a)
+    };
+    let out = run("net-addr", &["connect", "127.0.0.1", &port, "by address"])?.ok()?;
+    assert_eq!(out.stdout, "pong: by address\n", "{out:?}");
+
+    // Names come from the container's /etc/hosts: with --net-host, ctr
+    // bind-mounts the host's there.
+    let out = run("net-lookup", &["lookup", "localhost"])?.ok()?;
+    assert!(out.stdout.lines().any(|l| l == "127.0.0.1"), "{out:?}");
+    let out = run("net-name", &["connect", "localhost", &port, "by name"])?.ok()?;
+    assert_eq!(out.stdout, "pong: by name\n", "{out:?}");
+
+    assert_eq!(server.received(), vec!["by address", "by name"]);
+    cd.assert_clean()
+}
+
+#[test]
+fn a_container_without_a_namespace_path_gets_only_loopback() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cd = Containerd::start()?;
+    let net = net_image(&cd)?;
+    let server = Server::host()?;
+
+    // Its own loopback is up: listen, connect, accept, echo.
+    let out = cd
+        .run_rm(&net, "net-lo", &["/net.wasm", "loopback"])?
+        .ok()?;
+    assert_eq!(out.stdout, "loopback ok\n", "{out:?}");
+
+    // The host's loopback is another namespace's: nothing listens there.
+    let out = cd.run_rm(
+        &net,
+        "net-out",
+        &[
+            "/net.wasm",
+            "connect",
+            "127.0.0.1",
+            &server.port(),
+            "escape",
+        ],
+    )?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("connection-refused"), "{out:?}");
+    assert!(server.received().is_empty());
+
+    // Name lookup reads the container's /etc/hosts (a file bind mount, as
+    // CRI gives it); without one, the name is unknown (the DNS server it
+    // would then ask, 127.0.0.1 in the namespace, is not there).
+    let hosts = bind_mount(&hosts_file(tmp.path())?, "/etc/hosts", true);
+    let lookup = |id: &str, mounts: &[&str]| {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        for m in mounts {
+            a.extend(["--mount", m]);
+        }
+        a.extend([net.as_str(), id, "/net.wasm", "lookup", "server.test"]);
+        cd.ctr(&a)
+    };
+    let out = lookup("net-hosts", &[&hosts])?.ok()?;
+    assert_eq!(out.stdout, "127.0.0.1\n", "{out:?}");
+    let out = lookup("net-nohosts", &[])?;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("resolv"), "{out:?}");
+
+    // A preview 1 module is unchanged: no sockets, no namespace of its own.
+    let hello = cd.import("hello")?;
+    let out = cd.run_rm(&hello, "net-p1", &[])?.ok()?;
+    assert_eq!(out.stdout, "Hello from WebAssembly!\n");
+    cd.assert_clean()
+}
+
+/// The process that holds a test's namespace, killed when the test ends.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_namespace_given_by_path_is_joined_and_its_guests_can_be_killed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cd = Containerd::start()?;
+    let net = net_image(&cd)?;
+    // A namespace the test made (as CNI makes a pod's), held by a process
+    // in it, with its loopback brought up.
+    let mut holder = Holder(
+        std::process::Command::new("unshare")
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                "busybox ip link set lo up && echo ready && exec sleep 600",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("unshare --net (util-linux)")?,
+    );
+    let mut ready = String::new();
+    BufReader::new(holder.0.stdout.take().context("holder stdout")?).read_line(&mut ready)?;
+    assert_eq!(ready, "ready\n", "the namespace holder failed");
+    let netns = std::path::PathBuf::from(format!("/proc/{}/ns/net", holder.0.id()));
+    let silent = Server::start(Server::listen_in(&netns)?, true)?;
+    let with_ns = format!("network:{}", netns.display());
+
+    // A guest blocked reading from a server that never answers, in that
+    // namespace: a kill stops it there.
+    let mut run = cd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--with-ns",
+            &with_ns,
+            &net,
+            "net-kill",
+            "/net.wasm",
+            "connect",
+            "127.0.0.1",
+            &silent.port(),
+            "hello?",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("kill.err"))?)
+        .spawn()?;
+    silent
+        .lines
+        .recv_timeout(Duration::from_secs(20))
+        .with_context(|| {
+            format!(
+                "the guest never connected: {}",
+                std::fs::read_to_string(tmp.path().join("kill.err")).unwrap_or_default()
+            )
+        })?;
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "net-kill"])?
+        .ok()?;
+    let status = harness::wait_exit(&mut run, Duration::from_secs(20))?;
+    assert_eq!(status, Some(137));
+
+    // A path that is not a network namespace fails Create, saying so.
+    let not_ns = tmp.path().join("not-a-namespace");
+    std::fs::write(&not_ns, "")?;
+    let out = cd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &format!("network:{}", not_ns.display()),
+        &net,
+        "net-bad",
+        "/net.wasm",
+        "loopback",
+    ])?;
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("not a namespace"), "{}", out.stderr);
+
+    drop(holder);
+    cd.assert_clean()
+}
+
+/// Network-namespace descriptors and `netns-*` threads the process holds.
+fn namespace_traces(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().starts_with("net:"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .map(|c| c.starts_with("netns-"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    (fds, threads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_guest_uses_the_pods_network_namespace() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cd = Containerd::start_cri(&CriOptions {
+        pod_network: true,
+        ..Default::default()
+    })?;
+    let net = cd.import("net-p2")?;
+    let mut cri = Cri::connect(&cd.socket).await?;
+    let pod = cri
+        .run_pod_with_network("net-pod", &tmp.path().join("logs"), "wasmtime")
+        .await?;
+    let pause = cri.sandbox_pid(&pod).await?;
+    let netns = std::path::PathBuf::from(format!("/proc/{pause}/ns/net"));
+    let inside = Server::in_namespace(&netns)?;
+    let outside = Server::host()?;
+
+    // The pod's server, by address, and by the name the pod's /etc/hosts
+    // mount gives it.
+    let id = cri
+        .start_container(
+            &pod,
+            "reach",
+            &net,
+            &[
+                "/net.wasm",
+                "connect",
+                "127.0.0.1",
+                &inside.port(),
+                "in the pod",
+            ],
+        )
+        .await?;
+    wait_log_line(&pod, "reach", 0, "pong: in the pod").await?;
+    assert_eq!(cri.wait_exited(&id).await?.exit_code, 0);
+    let hosts = hosts_file(tmp.path())?;
+    let named = cri
+        .start_with_mounts(
+            &pod,
+            "named",
+            &net,
+            &[
+                "/net.wasm",
+                "connect",
+                "server.test",
+                &inside.port(),
+                "by name",
+            ],
+            &[(&hosts, "/etc/hosts", true)],
+        )
+        .await?;
+    wait_log_line(&pod, "named", 0, "pong: by name").await?;
+    assert_eq!(cri.wait_exited(&named).await?.exit_code, 0);
+
+    // The host's loopback server is not in the pod's namespace.
+    let escape = cri
+        .start_container(
+            &pod,
+            "escape",
+            &net,
+            &[
+                "/net.wasm",
+                "connect",
+                "127.0.0.1",
+                &outside.port(),
+                "escape",
+            ],
+        )
+        .await?;
+    let status = cri.wait_exited(&escape).await?;
+    assert_eq!(
+        status.exit_code,
+        1,
+        "{:?}",
+        attempt_log_lines(&pod, "escape", 0)
+    );
+    wait_log_line(&pod, "escape", 0, "net: connect: connection-refused").await?;
+    assert!(outside.received().is_empty());
+    assert_eq!(inside.received(), vec!["in the pod", "by name"]);
+
+    // Once the pod's guests are gone, so are the shim's namespace threads
+    // and descriptors.
+    for c in [&id, &named, &escape] {
+        cri.remove_container(c).await?;
+    }
+    let shims = cd.shim_pids();
+    harness::wait_until(Duration::from_secs(5), "namespace threads to end", || {
+        shims.iter().all(|pid| namespace_traces(*pid) == (0, 0))
+    })?;
+    cri.remove_pod(&pod).await?;
+    cd.assert_clean()
+}
