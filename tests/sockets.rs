@@ -275,6 +275,35 @@ fn a_namespace_given_by_path_is_joined_and_its_guests_can_be_killed() -> Result<
     let status = harness::wait_exit(&mut run, Duration::from_secs(20))?;
     assert_eq!(status, Some(137));
 
+    // DNS with the container's resolv.conf, from inside its namespace: a
+    // name server the test runs on that namespace's 127.0.0.1:53 answers.
+    let dns = dns_server(&netns, [10, 9, 8, 7])?;
+    let resolv = tmp.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n",
+    )?;
+    let out = cd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--with-ns",
+            &with_ns,
+            "--mount",
+            &bind_mount(&resolv, "/etc/resolv.conf", true),
+            &net,
+            "net-dns",
+            "/net.wasm",
+            "lookup",
+            "db.dns.test",
+        ])?
+        .ok()?;
+    assert_eq!(out.stdout, "10.9.8.7\n", "{out:?}");
+    let asked = dns.recv_timeout(Duration::from_secs(1))?;
+    assert_eq!(asked, "db.dns.test", "the server saw the query");
+
     // A path that is not a network namespace fails Create, saying so.
     let not_ns = tmp.path().join("not-a-namespace");
     std::fs::write(&not_ns, "")?;
@@ -295,6 +324,64 @@ fn a_namespace_given_by_path_is_joined_and_its_guests_can_be_killed() -> Result<
 
     drop(holder);
     cd.assert_clean()
+}
+
+/// A name server on 127.0.0.1:53 in the namespace at `netns`, answering
+/// every A query with `addr` (and any other with no records). Reports each
+/// name asked.
+fn dns_server(netns: &Path, addr: [u8; 4]) -> Result<mpsc::Receiver<String>> {
+    let ns = std::fs::File::open(netns)?;
+    let (tx, rx) = mpsc::channel();
+    let (bound_tx, bound) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on a namespace file we hold; only this thread.
+        let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+        let socket = entered
+            .then(|| std::net::UdpSocket::bind("127.0.0.1:53").ok())
+            .flatten();
+        let _ = bound_tx.send(socket.is_some());
+        let Some(socket) = socket else { return };
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let Some((name, qtype, end)) = question(&buf[..n]) else {
+                continue;
+            };
+            let _ = tx.send(name);
+            // Header: same id, a response (QR, RD, RA), one question, an
+            // answer when it is an A query; then the question as asked.
+            let mut reply = buf[..2].to_vec();
+            reply.extend([0x81, 0x80, 0, 1, 0, (qtype == 1) as u8, 0, 0, 0, 0]);
+            reply.extend(&buf[12..end]);
+            if qtype == 1 {
+                // The name (a pointer to the question's), A, IN, TTL 60,
+                // four bytes of address.
+                reply.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend(addr);
+            }
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    if !bound.recv()? {
+        bail!("could not serve DNS in {}", netns.display());
+    }
+    Ok(rx)
+}
+
+/// A DNS query's first question: its name, type, and where it ends.
+fn question(msg: &[u8]) -> Option<(String, u16, usize)> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *msg.get(at)? as usize;
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(msg.get(at..at + len)?).into_owned());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+    Some((labels.join("."), qtype, at + 4))
 }
 
 /// Network-namespace descriptors and `netns-*` threads the process holds.
