@@ -64,14 +64,8 @@ impl Exit {
     }
 }
 
-/// A running guest.
-pub struct Running {
-    /// Resolves when the guest exits. Dropping it stops the guest.
-    pub guest: Pin<Box<dyn Future<Output = Exit> + Send>>,
-    /// The network namespace it must run in (on that namespace's runtime);
-    /// `None`: the shim's own, on the shim's runtime.
-    pub namespace: Option<Arc<netns::Namespace>>,
-}
+/// A running guest: resolves when it exits. Dropping it stops the guest.
+pub type Running = Pin<Box<dyn Future<Output = Exit> + Send>>;
 
 /// An engine that runs tasks.
 #[async_trait]
@@ -87,6 +81,12 @@ pub trait Runtime: Send + Sync + 'static {
 /// A task that is ready to start.
 #[async_trait]
 pub trait Prepared: Send {
+    /// The network namespace the guest must run in, on that namespace's
+    /// runtime, from instantiation on (instantiating runs guest code too);
+    /// `None`: the shim's own, on the shim's runtime.
+    fn namespace(&self) -> Option<Arc<netns::Namespace>> {
+        None
+    }
     /// Instantiates the guest. Called in Start; an error fails Start.
     async fn start(self: Box<Self>, io: GuestIo) -> anyhow::Result<Running>;
 }

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -69,17 +70,14 @@ type NsId = (u64, u64);
 /// and lets the namespace go (a new one disappears with them).
 pub struct Namespace {
     id: NsId,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Taken only by `drop`.
+    runtime: ManuallyDrop<tokio::runtime::Runtime>,
 }
 
 impl Namespace {
     /// The runtime to spawn the guest on.
     pub fn handle(&self) -> tokio::runtime::Handle {
-        match &self.runtime {
-            Some(rt) => rt.handle().clone(),
-            // Only `drop` takes the runtime.
-            None => tokio::runtime::Handle::current(),
-        }
+        self.runtime.handle().clone()
     }
 
     /// The namespace's inode, for logs.
@@ -92,9 +90,9 @@ impl Drop for Namespace {
     fn drop(&mut self) {
         // Never blocks, so it is safe from async code: the threads exit as
         // they finish what they are doing.
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        // SAFETY: the runtime is taken once, here, and never used again.
+        let runtime = unsafe { ManuallyDrop::take(&mut self.runtime) };
+        runtime.shutdown_background();
     }
 }
 
@@ -128,14 +126,15 @@ impl Namespaces {
             Network::Host => Ok(None),
             Network::New => {
                 let fd = create_with_loopback().context("create a network namespace")?;
-                let id = ns_id(&fd)?;
+                let id = ns_id(&fd).context("stat the new network namespace")?;
                 Ok(Some(Arc::new(start(fd, id, task)?)))
             }
             Network::Join(path) => {
                 let fd = open_ns(path)
                     .with_context(|| format!("open network namespace {}", path.display()))?;
                 check_type(&fd).with_context(|| format!("network namespace {}", path.display()))?;
-                let id = ns_id(&fd)?;
+                let id = ns_id(&fd)
+                    .with_context(|| format!("stat network namespace {}", path.display()))?;
                 if id == self.shim {
                     return Ok(None);
                 }
@@ -152,13 +151,20 @@ impl Namespaces {
     }
 }
 
+/// Worker threads per namespace: a pod's guests share them, and a plain
+/// `ctr run` container gets a namespace (and threads) of its own, so few.
+const MAX_WORKERS: usize = 2;
+/// Threads for the guests' blocking calls (files), per namespace.
+const MAX_BLOCKING_THREADS: usize = 32;
+
 /// Starts the runtime whose threads enter the namespace `fd`.
 fn start(fd: OwnedFd, id: NsId, task: &str) -> Result<Namespace> {
     let fd = Arc::new(fd);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
     let enter_fd = fd.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .thread_name(format!("netns-{}", id.1))
         .enable_all()
         .on_thread_start(move || enter(&enter_fd))
@@ -172,7 +178,7 @@ fn start(fd: OwnedFd, id: NsId, task: &str) -> Result<Namespace> {
     );
     Ok(Namespace {
         id,
-        runtime: Some(runtime),
+        runtime: ManuallyDrop::new(runtime),
     })
 }
 
@@ -203,7 +209,13 @@ fn enter(fd: &OwnedFd) {
 fn open_ns(path: &Path) -> Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).context("path holds a NUL byte")?;
     // SAFETY: open(2) of a NUL-terminated path; the result is checked.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // O_NONBLOCK: a FIFO at the path must not hang Create.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().into());
     }

@@ -21,7 +21,7 @@ use super::error::{Error, Result};
 use super::limits::LiveLimits;
 use super::stdio::{StdioPaths, TaskIo};
 use super::usage::{Metered, Usage};
-use super::{Exit, GuestIo, Prepared, Running};
+use super::{Exit, GuestIo, Prepared};
 
 /// The code a task gets when Start fails after Create succeeded, as runc
 /// reports for a start error.
@@ -177,7 +177,19 @@ impl Task {
             }
         };
         let stderr = io.stderr.clone();
-        let running = match prepared.start(io).await {
+        // The guest runs where its sockets must be made: on its network
+        // namespace's runtime, or on the shim's; instantiation too, since a
+        // component's start functions can call the host. CPU time is
+        // metered on whichever thread polls the guest.
+        let namespace = prepared.namespace();
+        let runtime = namespace
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |ns| ns.handle());
+        let started = runtime
+            .spawn(prepared.start(io))
+            .await
+            .unwrap_or_else(|err| Err(anyhow::anyhow!("instantiation failed in the shim: {err}")));
+        let running = match started {
             Ok(running) => running,
             Err(err) => {
                 let err = Error::from(err).context(format!("start container {}", self.id));
@@ -193,15 +205,8 @@ impl Task {
         on_started();
 
         let task = Arc::clone(self);
-        let Running { guest, namespace } = running;
-        // The guest runs where its sockets must be made: on its network
-        // namespace's runtime, or on the shim's. CPU time is metered on
-        // whichever thread polls it.
-        let runtime = namespace
-            .as_ref()
-            .map_or_else(tokio::runtime::Handle::current, |ns| ns.handle());
         tokio::spawn(async move {
-            let mut guest = runtime.spawn(Metered::new(guest, task.usage.clone()));
+            let mut guest = runtime.spawn(Metered::new(running, task.usage.clone()));
             let exit = tokio::select! {
                 joined = &mut guest => joined.unwrap_or_else(|err| Exit {
                     code: 128 + libc::SIGABRT as u32,
