@@ -27,6 +27,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup;
+use wasmtime_wasi::sockets::SocketAddrUse;
 
 use super::guest::Linked;
 use super::mounts::Preopen;
@@ -222,7 +223,15 @@ pub struct Sockets {
     /// Where its sockets live: `None` for the shim's own namespace.
     pub namespace: Option<Arc<Namespace>>,
     pub names: Arc<ContainerNames>,
+    /// Whether it may bind ports below 1024: only with
+    /// `CAP_NET_BIND_SERVICE` in its effective capabilities, as a process.
+    /// (The shim is root; its sockets would otherwise allow any port.)
+    pub privileged_ports: bool,
 }
+
+/// Ports below this need `CAP_NET_BIND_SERVICE` (Linux's default
+/// `net.ipv4.ip_unprivileged_port_start`).
+const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 impl Guest {
     fn wasi(&self, io: GuestIo) -> Result<WasiP1Ctx> {
@@ -235,8 +244,13 @@ impl Guest {
         b.allow_tcp(network)
             .allow_udp(network)
             .allow_ip_name_lookup(network);
-        if network {
-            b.inherit_network();
+        if let Some(sockets) = &self.sockets {
+            let privileged = sockets.privileged_ports;
+            b.socket_addr_check(move |addr, used| {
+                let bind = matches!(used, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind);
+                let low = addr.port() != 0 && addr.port() < FIRST_UNPRIVILEGED_PORT;
+                Box::pin(std::future::ready(privileged || !(bind && low)))
+            });
         }
         b.args(&self.args)
             .envs(&self.env)
@@ -299,14 +313,11 @@ impl Guest {
             .instantiate(&mut store)
             .await
             .with_context(|| format!("instantiate {path}"))?;
-        Ok(Running {
-            guest: Box::pin(async move {
-                let result = entry.call(&mut store).await;
-                let refused = store.data().limiter.refused;
-                exit_of(result, &path, refused)
-            }),
-            namespace: self.sockets.and_then(|s| s.namespace),
-        })
+        Ok(Box::pin(async move {
+            let result = entry.call(&mut store).await;
+            let refused = store.data().limiter.refused;
+            exit_of(result, &path, refused)
+        }))
     }
 }
 

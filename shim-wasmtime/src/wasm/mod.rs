@@ -65,8 +65,7 @@ impl WasmtimeRuntime {
         let namespaces = self.namespaces.clone();
         let (spec, rootfs, id) = (task.spec.clone(), task.rootfs.clone(), task.id.clone());
         tokio::task::spawn_blocking(move || {
-            let names = names::ContainerNames::read(&spec, &rootfs)
-                .context("read the container's /etc/hosts and /etc/resolv.conf")?;
+            let names = names::ContainerNames::read(&spec, &rootfs);
             let namespace = namespaces.place(&network, &id)?;
             tracing::debug!(
                 id,
@@ -76,6 +75,7 @@ impl WasmtimeRuntime {
             Ok(Sockets {
                 namespace,
                 names: Arc::new(names),
+                privileged_ports: may_bind_privileged_ports(&spec),
             })
         })
         .await
@@ -113,6 +113,16 @@ fn image_of(spec: &oci_spec::runtime::Spec) -> Option<String> {
         .find_map(|a| annotations.get(*a))
         .filter(|v| !v.is_empty())
         .cloned()
+}
+
+/// Whether the spec's process has `CAP_NET_BIND_SERVICE` in its effective
+/// set (containerd's default set has it).
+fn may_bind_privileged_ports(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.effective().as_ref())
+        .is_some_and(|set| set.contains(&oci_spec::runtime::Capability::NetBindService))
 }
 
 /// Splits the spec's `KEY=VALUE` strings. An entry without `=` is a name with
@@ -196,6 +206,10 @@ struct WasmPrepared(Guest);
 
 #[async_trait]
 impl Prepared for WasmPrepared {
+    fn namespace(&self) -> Option<Arc<crate::lifecycle::netns::Namespace>> {
+        self.0.sockets.as_ref().and_then(|s| s.namespace.clone())
+    }
+
     async fn start(self: Box<Self>, io: GuestIo) -> Result<Running> {
         self.0.start(io).await
     }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
+
+use crate::lifecycle::entrypoint;
 use oci_spec::runtime::Spec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +97,9 @@ fn normal(dest: &str) -> Result<String> {
 /// Reads `path` (absolute, normal) as the container sees it, at most
 /// `limit` bytes: from the last bind mount of that file or of a directory
 /// above it, else from the rootfs. Below a mount or the rootfs, symlinks
-/// resolve inside it, never out. `Ok(None)`: the container has no such
-/// file. Blocking.
+/// resolve as they would inside it (an absolute target starts again at its
+/// top, `..` stops there), never out. `Ok(None)`: the container has no
+/// such regular file. Blocking.
 pub fn read_container_file(
     spec: &Spec,
     rootfs: &Path,
@@ -122,21 +125,28 @@ pub fn read_container_file(
         }
     }
     let (base, rel) = from;
-    let file = if rel.is_empty() {
-        std::fs::File::open(&base).map(cap_std::fs::File::from_std)
-    } else {
-        Dir::open_ambient_dir(&base, ambient_authority()).and_then(|dir| dir.open(&rel))
-    };
-    let file = match file {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => {
-            return Err(err).with_context(|| format!("open {path} of the container"));
+    let open = || -> std::io::Result<Option<std::fs::File>> {
+        if rel.is_empty() {
+            // A mount of the file itself: its source is what containerd named.
+            if !std::fs::metadata(&base)?.is_file() {
+                return Ok(None);
+            }
+            return std::fs::File::open(&base).map(Some);
         }
+        let dir = Dir::open_ambient_dir(&base, ambient_authority())?;
+        let resolved = entrypoint::resolve(&dir, Path::new(&rel))?;
+        // Only a regular file: a FIFO or a device would block or never end.
+        if !dir.symlink_metadata(&resolved)?.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(dir.open(&resolved)?.into_std()))
     };
-    if !file.metadata()?.is_file() {
-        return Ok(None);
-    }
+    let file = match open() {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("open {path} of the container")),
+    };
     let mut bytes = Vec::new();
     file.take(limit)
         .read_to_end(&mut bytes)
@@ -180,7 +190,6 @@ mod tests {
         let rootfs = root.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
         std::fs::write(rootfs.join("etc/hosts"), "rootfs").unwrap();
-        // A link out of the rootfs resolves inside it, where nothing is.
         std::fs::write(root.path().join("secret"), "host").unwrap();
         std::os::unix::fs::symlink("../../secret", rootfs.join("etc/resolv.conf")).unwrap();
         let hosts = root.path().join("pod-hosts");
@@ -202,12 +211,21 @@ mod tests {
             Some("rootfs")
         );
         assert_eq!(read(serde_json::json!([]), "/etc/missing"), None);
-        let plain = spec(serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}}));
-        let escaped = read_container_file(&plain, &rootfs, "/etc/resolv.conf", 1 << 20);
-        assert!(
-            !matches!(escaped, Ok(Some(ref b)) if b == b"host"),
-            "{escaped:?}"
+        // A link out of the rootfs resolves inside it: to nothing here, then
+        // to the rootfs's own file; an absolute one starts at the rootfs.
+        assert_eq!(read(serde_json::json!([]), "/etc/resolv.conf"), None);
+        std::fs::write(rootfs.join("secret"), "rootfs secret").unwrap();
+        assert_eq!(
+            read(serde_json::json!([]), "/etc/resolv.conf").as_deref(),
+            Some("rootfs secret")
         );
+        std::os::unix::fs::symlink("/etc/hosts", rootfs.join("etc/abs")).unwrap();
+        assert_eq!(
+            read(serde_json::json!([]), "/etc/abs").as_deref(),
+            Some("rootfs")
+        );
+        // Only regular files are read.
+        assert_eq!(read(serde_json::json!([]), "/etc"), None);
         let file = serde_json::json!([
             {"destination": "/etc", "type": "bind", "source": etc, "options": ["rbind"]},
             {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]}

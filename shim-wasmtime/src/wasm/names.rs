@@ -35,6 +35,11 @@ use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
 
 /// The most of `/etc/hosts` or `/etc/resolv.conf` that is read.
 const MAX_FILE_BYTES: u64 = 1 << 20;
+/// DNS answers one guest's resolver keeps (hickory's default is 8192).
+const DNS_CACHE_ENTRIES: u64 = 32;
+/// Addresses one lookup returns at most, as a bound on what a hostile zone
+/// or hosts file makes the shim hold.
+const MAX_ADDRESSES: usize = 64;
 
 /// A container's name lookup configuration.
 pub struct ContainerNames {
@@ -48,18 +53,29 @@ impl ContainerNames {
     /// Reads the container's `/etc/hosts` and `/etc/resolv.conf`, through
     /// its mounts (CRI bind-mounts both from the pod) or from its rootfs.
     /// Blocking: call on a blocking thread.
-    pub fn read(spec: &Spec, rootfs: &Path) -> Result<Self> {
-        let file = |path| super::mounts::read_container_file(spec, rootfs, path, MAX_FILE_BYTES);
+    /// A file that cannot be read counts as absent, as it would for libc.
+    pub fn read(spec: &Spec, rootfs: &Path) -> Self {
+        let file = |path| {
+            super::mounts::read_container_file(spec, rootfs, path, MAX_FILE_BYTES).unwrap_or_else(
+                |err| {
+                    tracing::warn!("name lookup: the container's {path} is not used: {err:#}");
+                    None
+                },
+            )
+        };
         let mut hosts = Hosts::default();
-        if let Some(bytes) = file("/etc/hosts")? {
+        if let Some(bytes) = file("/etc/hosts") {
             // Lines that do not parse are skipped, as libc skips them.
-            hosts.read_hosts_conf(bytes.as_slice())?;
+            if let Err(err) = hosts.read_hosts_conf(bytes.as_slice()) {
+                tracing::warn!("name lookup: the container's /etc/hosts is not used: {err}");
+                hosts = Hosts::default();
+            }
         }
-        Ok(Self {
+        Self {
             hosts,
-            dns: dns_config(file("/etc/resolv.conf")?.as_deref()),
+            dns: dns_config(file("/etc/resolv.conf").as_deref()),
             resolver: tokio::sync::OnceCell::new(),
-        })
+        }
     }
 
     /// Resolves `name` to its addresses.
@@ -78,7 +94,7 @@ impl ContainerNames {
             .flat_map(|lookup| LookupIp::from(lookup).into_iter())
             .collect();
         if !from_hosts.is_empty() {
-            return Ok(from_hosts);
+            return Ok(from_hosts.into_iter().take(MAX_ADDRESSES).collect());
         }
         let resolver = self
             .resolver
@@ -94,7 +110,11 @@ impl ContainerNames {
                 ErrorCode::PermanentResolverFailure
             })?;
         match resolver.lookup_ip(parsed).await {
-            Ok(found) => Ok(found.iter().map(|ip| ip.to_canonical()).collect()),
+            Ok(found) => Ok(found
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .take(MAX_ADDRESSES)
+                .collect()),
             Err(err) => {
                 tracing::debug!("name lookup of {name:?} failed: {err}");
                 Err(lookup_error(&err))
@@ -108,9 +128,23 @@ impl ContainerNames {
 /// container's namespace), as libc assumes.
 fn dns_config(resolv_conf: Option<&[u8]>) -> (ResolverConfig, ResolverOpts) {
     let parsed = resolv_conf.and_then(|bytes| {
-        hickory_resolver::system_conf::parse_resolv_conf(bytes)
+        let (config, opts) = hickory_resolver::system_conf::parse_resolv_conf(bytes)
             .map_err(|err| tracing::debug!("container resolv.conf not used: {err}"))
-            .ok()
+            .ok()?;
+        // Without a `domain` line the parser takes the domain of the
+        // shim's hostname: not the container's to search.
+        let has_domain = String::from_utf8_lossy(bytes)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("domain"));
+        let config = match has_domain {
+            true => config,
+            false => ResolverConfig::from_parts(
+                None,
+                config.search().to_vec(),
+                config.name_servers().to_vec(),
+            ),
+        };
+        Some((config, opts))
     });
     let (config, mut opts) = parsed.unwrap_or_else(|| {
         let local =
@@ -123,6 +157,9 @@ fn dns_config(resolv_conf: Option<&[u8]>) -> (ResolverConfig, ResolverOpts) {
     // The container's hosts file was read above; the resolver must never
     // read the shim's.
     opts.use_hosts_file = ResolveHosts::Never;
+    // A guest chooses what it looks up: keep what a resolver caches, held
+    // in the shim's memory outside the guest's limit, small.
+    opts.cache_size = DNS_CACHE_ENTRIES;
     (config, opts)
 }
 
@@ -234,12 +271,15 @@ impl HostResolveAddressStream for NamesView<'_> {
         }
         match resolving {
             Resolving::Done(Ok(addrs)) => Ok(addrs.next().map(IpAddress::from)),
-            Resolving::Done(Err(err)) => Err(err.clone().into()),
+            Resolving::Done(Err(err)) => Err((*err).into()),
             Resolving::Waiting(_) => Err(ErrorCode::WouldBlock.into()),
         }
     }
 
     fn subscribe(&mut self, stream: Resource<Stream>) -> wasmtime::Result<Resource<DynPollable>> {
+        // `subscribe` trusts the entry's type; check it first, so that a
+        // mismatch is an error, not a panic.
+        self.table.get(&ours(&stream))?;
         wasmtime_wasi::p2::subscribe(self.table, ours(&stream))
     }
 
@@ -264,6 +304,18 @@ fn joined(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shims_domain_is_not_searched() {
+        let (config, _) = dns_config(Some(b"nameserver 192.0.2.53\n"));
+        assert!(config.domain().is_none());
+        let (config, _) = dns_config(Some(b"nameserver 192.0.2.53\ndomain pod.test\n"));
+        let domain = config.domain().map(|d| d.to_string());
+        assert_eq!(
+            domain.as_deref().map(|d| d.trim_end_matches('.')),
+            Some("pod.test")
+        );
+    }
 
     #[test]
     fn dns_never_reads_the_shims_files() {
