@@ -195,11 +195,17 @@ static struct streams connect_to(handle net, const struct ip *ip, uint16_t port)
 }
 
 static void write_all(handle out, const char *text, size_t len) {
-    _Alignas(4) uint8_t ret[12];
-    blocking_write_and_flush(out, text, len, ret);
-    if (ret[0]) {
-        fprintf(stderr, "net: write failed\n");
-        exit(3);
+    // blocking-write-and-flush takes at most 4096 bytes at a time.
+    while (len > 0) {
+        size_t n = len < 4096 ? len : 4096;
+        _Alignas(4) uint8_t ret[12];
+        blocking_write_and_flush(out, text, n, ret);
+        if (ret[0]) {
+            fprintf(stderr, "net: write failed\n");
+            exit(3);
+        }
+        text += n;
+        len -= n;
     }
 }
 

@@ -61,14 +61,37 @@ pub fn componentize(module: &[u8], adapter: Adapter, world: Option<World<'_>>) -
         Adapter::Reactor => WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
         Adapter::Proxy => WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
     };
-    wit_component::ComponentEncoder::default()
+    let mut encoder = wit_component::ComponentEncoder::default()
         .module(&module)
-        .context("read the module")?
-        .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, bytes)
-        .context("add the preview 1 adapter")?
+        .context("read the module")?;
+    // A module that imports nothing of preview 1 (all of its WASI through
+    // its world) needs no adapter, and the adapter's own exports would
+    // clash with the module's.
+    if imports_preview1(&module)? {
+        encoder = encoder
+            .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, bytes)
+            .context("add the preview 1 adapter")?;
+    }
+    encoder
         .validate(true)
         .encode()
         .context("encode the component")
+}
+
+/// Whether the core module imports anything from `wasi_snapshot_preview1`.
+fn imports_preview1(module: &[u8]) -> Result<bool> {
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        if let wasmparser::Payload::ImportSection(imports) = payload.context("parse the module")? {
+            for import in imports.into_imports() {
+                if import.context("parse the module's imports")?.module
+                    == WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME
+                {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
