@@ -160,6 +160,8 @@ struct Images {
     hello: (PathBuf, ImageInfo),
     /// The same hello as a WASI preview 2 command component.
     hello_p2: (PathBuf, ImageInfo),
+    /// A component that uses wasi:sockets (`net`), for the cost of its network.
+    net_p2: (PathBuf, ImageInfo),
     hello_native: (PathBuf, ImageInfo),
     sleep: (PathBuf, ImageInfo),
     busybox: (PathBuf, ImageInfo),
@@ -181,6 +183,7 @@ fn read_images(dir: &Path) -> Result<Images> {
     Ok(Images {
         hello: read("hello")?,
         hello_p2: read("hello-p2")?,
+        net_p2: read("net-p2")?,
         hello_native: read("hello-native")?,
         sleep: read("sleep")?,
         busybox: read("busybox")?,
@@ -373,6 +376,7 @@ async fn bench(
     for (tar, _) in [
         &images.hello,
         &images.hello_p2,
+        &images.net_p2,
         &images.hello_native,
         &images.sleep,
         &images.busybox,
@@ -427,6 +431,21 @@ async fn bench(
         ),
         hello.side(0).clone(),
     ]);
+    // A component with sockets, which runs in a network namespace of its own
+    // (made by the shim, with a runtime of its threads), against the hello
+    // component, which gets none. It only looks up an address literal and
+    // prints it, so the difference is the cost of its network.
+    let sockets = Pair([
+        workload(
+            "p2+net",
+            WASM_RUNTIME,
+            WASM_SHIM,
+            "net-p2",
+            &images.net_p2.1,
+            strings(&["/net.wasm", "lookup", "127.0.0.1"]),
+        ),
+        component.side(0).clone(),
+    ]);
     // Unique per run, so runs never collide and leftovers are recognized.
     let run = format!("wb{}-{:x}", std::process::id(), unix_time % 0x10000);
     let b = Arc::new(Bench::new(
@@ -437,6 +456,7 @@ async fn bench(
         hello,
         idle,
         component,
+        sockets,
         [images.hello.0.clone(), images.hello_p2.0.clone()],
         ctr_bin,
         cli.snapshotter.clone(),
@@ -512,44 +532,49 @@ async fn run_measures(
         }
     };
 
-    phase("warm-up: one unmeasured run of each hello");
+    phase("warm-up: one unmeasured run of each hello and of the sockets component");
     if let Err(err) = measures::warm_up(b).await {
         // Nothing would work: report that instead of every measure failing alike.
         record("warm-up", Err(err));
         return;
     }
     phase(&format!(
-        "1/6 cold start through the API, {} runs each",
+        "1/7 cold start through the API, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, API", measures::cold_api(b).await);
     phase(&format!(
-        "2/6 cold start through ctr run --rm, {} runs each",
+        "2/7 cold start through ctr run --rm, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, ctr run", measures::cold_ctr(b).await);
     phase(&format!(
-        "3/6 throughput, {} tasks in a row and {} at a time",
+        "3/7 throughput, {} tasks in a row and {} at a time",
         b.cfg.throughput_tasks, b.cfg.concurrency
     ));
     record("throughput", measures::throughput(b).await);
-    phase(&format!("4/6 idle memory, K = {:?}", b.cfg.idle));
+    phase(&format!("4/7 idle memory, K = {:?}", b.cfg.idle));
     record("idle memory", measures::idle_memory(b).await);
     if b.cfg.first_runs > 0 {
         phase(&format!(
-            "5/6 wasm first start in {} fresh containerds, {} cached starts after each",
+            "5/7 wasm first start in {} fresh containerds, {} cached starts after each",
             b.cfg.first_runs, b.cfg.cached_runs
         ));
         record("first vs cached start", measures::first_vs_cached(b).await);
     } else {
-        phase("5/6 first start: skipped (--first-runs 0)");
+        phase("5/7 first start: skipped (--first-runs 0)");
     }
     phase(&format!(
-        "6/6 the hello component against the hello module, {} runs each, and its first start",
+        "6/7 the hello component against the hello module, {} runs each, and its first start",
         b.cfg.iterations
     ));
     record(
         "component vs module",
         measures::component_vs_module(b).await,
     );
+    phase(&format!(
+        "7/7 a component with sockets (its own network namespace) against the hello component, {} runs each",
+        b.cfg.iterations
+    ));
+    record("sockets", measures::sockets(b).await);
 }

@@ -1,7 +1,8 @@
 //! The measures: the first five compare the wasm shim with runc on the same
-//! containerd, the sixth a component with the same program as a module; run
-//! by run, alternating which goes first so that neither is always the one
-//! that follows the other. Each returns its measures or the
+//! containerd, the sixth a component with the same program as a module, the
+//! seventh a component with sockets (in a namespace of its own) against one
+//! without; run by run, alternating which goes first so that neither is
+//! always the one that follows the other. Each returns its measures or the
 //! error that stopped it, after removing the containers it created.
 
 use std::collections::HashSet;
@@ -51,6 +52,10 @@ pub struct Bench {
     pub idle: Pair,
     /// The hello component against the hello module: `[p2, wasm]`.
     pub component: Pair,
+    /// A component with sockets, in the network namespace the shim makes
+    /// for it, printing an address literal it looked up, against the hello
+    /// component: `[p2+net, p2]`.
+    pub sockets: Pair,
     /// For the first-start measures, which need containerds of their own:
     /// the hello module's image and the hello component's.
     pub hello_tars: [PathBuf; 2],
@@ -69,6 +74,7 @@ impl Bench {
         hello: Pair,
         idle: Pair,
         component: Pair,
+        sockets: Pair,
         hello_tars: [PathBuf; 2],
         ctr_bin: PathBuf,
         snapshotter: String,
@@ -81,6 +87,7 @@ impl Bench {
             hello,
             idle,
             component,
+            sockets,
             hello_tars,
             ctr_bin,
             snapshotter,
@@ -147,12 +154,23 @@ pub async fn warm_up(b: &Bench) -> Result<()> {
         .iter()
         .chain(b.idle.both())
         .chain(b.component.both())
+        .chain(&b.sockets.both()[..1])
     {
         ensure_unpacked(&b.api, &b.ctr, w, &b.scratch(tag(w))).await?;
     }
-    for w in b.hello.both().iter().chain(&b.component.both()[..1]) {
+    for w in b
+        .hello
+        .both()
+        .iter()
+        .chain(&b.component.both()[..1])
+        .chain(&b.sockets.both()[..1])
+    {
         let id = b.id(&format!("{}-warm", tag(w)));
-        if let Err(err) = b.ctr.run_rm(&w.runtime, &w.image, &id, &[]).await {
+        if let Err(err) = b
+            .ctr
+            .run_rm(&w.runtime, &w.image, &id, &w.process.args)
+            .await
+        {
             let _ = lifecycle::teardown(&b.api, &id).await;
             return Err(err).with_context(|| format!("warm-up: ctr run of {}", w.label));
         }
@@ -558,6 +576,34 @@ pub async fn component_vs_module(b: &Bench) -> Result<Vec<Measure>> {
         out.extend(first_and_cached(b, (&b.hello_tars[1], component), "component").await?);
     }
     Ok(out)
+}
+
+/// 7. A component with sockets against the hello component, through the
+///    API, run by run, alternating: the cost of its network namespace (made
+///    with loopback up) and of the runtime whose threads entered it.
+pub async fn sockets(b: &Bench) -> Result<Vec<Measure>> {
+    let (total, task) = cold_runs(b, &b.sockets).await?;
+    let [net, hello] = b.sockets.both();
+    let [total_n, total_h] = total;
+    let [task_n, task_h] = task;
+    Ok(vec![
+        Measure::new(
+            "sockets_vs_component_task",
+            "cold start, API: component with sockets vs without, task create..delete",
+            Unit::Ms,
+            Better::Lower,
+            series(net, task_n),
+            series(hello, task_h),
+        ),
+        Measure::new(
+            "sockets_vs_component_total",
+            "cold start, API: component with sockets vs without, whole sequence",
+            Unit::Ms,
+            Better::Lower,
+            series(net, total_n),
+            series(hello, total_h),
+        ),
+    ])
 }
 
 /// Removes every container of this run that is still there (after an error
