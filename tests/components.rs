@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use harness::cri::{wait_log_line, Cri};
-use harness::{bind_mount, build_image, image_name, Containerd, CriOptions, RUNTIME};
+use harness::{bind_mount, image_name, Containerd, CriOptions, RUNTIME};
 
 /// Imports the component form of an example (`<name>-p2`).
 fn import_p2(cd: &Containerd, example: &str) -> Result<String> {
@@ -21,17 +21,7 @@ fn import_p2(cd: &Containerd, example: &str) -> Result<String> {
 /// Builds an image of a component written in WAT, and imports it.
 fn wat_image(cd: &Containerd, dir: &Path, name: &str, wat: &str) -> Result<String> {
     let bytes = wat::parse_str(wat).with_context(|| format!("assemble {name}"))?;
-    image_of_bytes(cd, dir, name, &bytes)
-}
-
-fn image_of_bytes(cd: &Containerd, dir: &Path, name: &str, bytes: &[u8]) -> Result<String> {
-    let file = dir.join(format!("{name}.wasm"));
-    std::fs::write(&file, bytes)?;
-    let reference = format!("docker.io/wasmtime-tests/{name}:latest");
-    let tar = dir.join(format!("{name}.tar"));
-    build_image(&file, &format!("{name}.wasm"), &reference, &tar)?;
-    cd.import_tar(&tar)?;
-    Ok(reference)
+    cd.import_wasm(dir, name, &bytes)
 }
 
 /// A command component that compares its `initial-cwd` with its first
@@ -434,7 +424,7 @@ fn bad_components_fail_create_with_a_clear_error() -> Result<()> {
     ];
     let mut failures = Vec::new();
     for (name, bytes, want) in &cases {
-        let image = image_of_bytes(&cd, tmp.path(), name, bytes)?;
+        let image = cd.import_wasm(tmp.path(), name, bytes)?;
         let id = format!("bad-{name}");
         let out = cd.run_rm(&image, &id, &[&format!("/{name}.wasm")])?;
         let all = format!("{}{}", out.stdout, out.stderr);

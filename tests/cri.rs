@@ -60,6 +60,7 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     let cd = Containerd::start_cri(&CriOptions {
         registry: Some(reg.addr.clone()),
         stream_processor: is_16,
+        ..Default::default()
     })?;
     let busybox = cd.import("busybox")?;
     let mut cri = Cri::connect(&cd.socket).await?;

@@ -84,18 +84,7 @@ impl Server {
     }
 
     fn listen_in(netns: &Path) -> Result<TcpListener> {
-        let ns = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
-        let listener = std::thread::spawn(move || -> Result<TcpListener> {
-            // SAFETY: setns(2) on a namespace file we hold; only this
-            // short-lived thread moves.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns: {}", std::io::Error::last_os_error());
-            }
-            Ok(TcpListener::bind("127.0.0.1:0")?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("setns thread panicked"))??;
-        Ok(listener)
+        Ok(in_netns(netns, || TcpListener::bind("127.0.0.1:0"))??)
     }
 
     fn port(&self) -> String {
@@ -179,9 +168,16 @@ fn a_container_without_a_namespace_path_gets_only_loopback() -> Result<()> {
     assert!(server.received().is_empty());
 
     // Name lookup reads the container's /etc/hosts (a file bind mount, as
-    // CRI gives it); without one, the name is unknown (the DNS server it
-    // would then ask, 127.0.0.1 in the namespace, is not there).
+    // CRI gives it); without one, the name is unknown: the DNS server it
+    // then asks, 127.0.0.1 in its namespace, is not there (one try of a
+    // second, as its resolv.conf says).
     let hosts = bind_mount(&hosts_file(tmp.path())?, "/etc/hosts", true);
+    let resolv = tmp.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )?;
+    let resolv = bind_mount(&resolv, "/etc/resolv.conf", true);
     let lookup = |id: &str, mounts: &[&str]| {
         let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
         for m in mounts {
@@ -190,11 +186,15 @@ fn a_container_without_a_namespace_path_gets_only_loopback() -> Result<()> {
         a.extend([net.as_str(), id, "/net.wasm", "lookup", "server.test"]);
         cd.ctr(&a)
     };
-    let out = lookup("net-hosts", &[&hosts])?.ok()?;
+    let out = lookup("net-hosts", &[&hosts, &resolv])?.ok()?;
     assert_eq!(out.stdout, "127.0.0.1\n", "{out:?}");
-    let out = lookup("net-nohosts", &[])?;
+    let out = lookup("net-nohosts", &[&resolv])?;
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("resolv"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("resolve-next-address: temporary-resolver-failure"),
+        "{out:?}"
+    );
 
     // A preview 1 module is unchanged: no sockets, no namespace of its own.
     let hello = cd.import("hello")?;
@@ -330,17 +330,10 @@ fn a_namespace_given_by_path_is_joined_and_its_guests_can_be_killed() -> Result<
 /// every A query with `addr` (and any other with no records). Reports each
 /// name asked.
 fn dns_server(netns: &Path, addr: [u8; 4]) -> Result<mpsc::Receiver<String>> {
-    let ns = std::fs::File::open(netns)?;
+    let socket = in_netns(netns, || std::net::UdpSocket::bind("127.0.0.1:53"))?
+        .with_context(|| format!("serve DNS in {}", netns.display()))?;
     let (tx, rx) = mpsc::channel();
-    let (bound_tx, bound) = mpsc::channel();
     std::thread::spawn(move || {
-        // SAFETY: setns(2) on a namespace file we hold; only this thread.
-        let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
-        let socket = entered
-            .then(|| std::net::UdpSocket::bind("127.0.0.1:53").ok())
-            .flatten();
-        let _ = bound_tx.send(socket.is_some());
-        let Some(socket) = socket else { return };
         let mut buf = [0u8; 512];
         while let Ok((n, peer)) = socket.recv_from(&mut buf) {
             let Some((name, qtype, end)) = question(&buf[..n]) else {
@@ -361,9 +354,6 @@ fn dns_server(netns: &Path, addr: [u8; 4]) -> Result<mpsc::Receiver<String>> {
             let _ = socket.send_to(&reply, peer);
         }
     });
-    if !bound.recv()? {
-        bail!("could not serve DNS in {}", netns.display());
-    }
     Ok(rx)
 }
 
@@ -382,6 +372,204 @@ fn question(msg: &[u8]) -> Option<(String, u16, usize)> {
     }
     let qtype = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
     Some((labels.join("."), qtype, at + 4))
+}
+
+/// A component whose core start function, run while it is instantiated,
+/// creates a TCP socket, binds it to 127.0.0.1:`port` and listens
+/// (trapping if any step fails); its `run` then spins until it is killed. Written by hand,
+/// with its memory in a module instantiated first, which is what lets a
+/// start function call the host (wit-component's output cannot).
+fn bind_at_start(port: u16) -> Result<Vec<u8>> {
+    let net = "wasi:sockets/network@0.2.12";
+    let errors = "\"unknown\" \"access-denied\" \"not-supported\" \"invalid-argument\" \
+        \"out-of-memory\" \"timeout\" \"concurrency-conflict\" \"not-in-progress\" \
+        \"would-block\" \"invalid-state\" \"new-socket-limit\" \"address-not-bindable\" \
+        \"address-in-use\" \"remote-unreachable\" \"connection-refused\" \
+        \"connection-reset\" \"connection-aborted\" \"datagram-too-large\" \
+        \"name-unresolvable\" \"temporary-resolver-failure\" \"permanent-resolver-failure\"";
+    let wat = format!(
+        r#"(component $C
+  (import "{net}" (instance $network
+    (export "network" (type (sub resource)))
+    (type $ec' (enum {errors}))
+    (export "error-code" (type (eq $ec')))
+    (type $fam' (enum "ipv4" "ipv6"))
+    (export "ip-address-family" (type (eq $fam')))
+    (type $v4 (record (field "port" u16) (field "address" (tuple u8 u8 u8 u8))))
+    (export "ipv4-socket-address" (type $v4e (eq $v4)))
+    (type $v6 (record (field "port" u16) (field "flow-info" u32)
+      (field "address" (tuple u16 u16 u16 u16 u16 u16 u16 u16)) (field "scope-id" u32)))
+    (export "ipv6-socket-address" (type $v6e (eq $v6)))
+    (type $sa' (variant (case "ipv4" $v4e) (case "ipv6" $v6e)))
+    (export "ip-socket-address" (type (eq $sa')))))
+  (alias export $network "network" (type $net))
+  (alias export $network "error-code" (type $ec))
+  (alias export $network "ip-address-family" (type $fam))
+  (alias export $network "ip-socket-address" (type $sa))
+  (import "wasi:sockets/instance-network@0.2.12" (instance $instance-network
+    (alias outer $C $net (type $n))
+    (export "network" (type $ne (eq $n)))
+    (export "instance-network" (func (result (own $ne))))))
+  (import "wasi:sockets/tcp@0.2.12" (instance $tcp
+    (alias outer $C $net (type $n))
+    (alias outer $C $ec (type $e))
+    (alias outer $C $sa (type $a))
+    (export "network" (type $ne (eq $n)))
+    (export "error-code" (type $ee (eq $e)))
+    (export "ip-socket-address" (type $ae (eq $a)))
+    (export "tcp-socket" (type $s (sub resource)))
+    (export "[method]tcp-socket.start-bind"
+      (func (param "self" (borrow $s)) (param "network" (borrow $ne)) (param "local-address" $ae)
+        (result (result (error $ee)))))
+    (export "[method]tcp-socket.finish-bind"
+      (func (param "self" (borrow $s)) (result (result (error $ee)))))
+    (export "[method]tcp-socket.start-listen"
+      (func (param "self" (borrow $s)) (result (result (error $ee)))))
+    (export "[method]tcp-socket.finish-listen"
+      (func (param "self" (borrow $s)) (result (result (error $ee)))))))
+  (alias export $tcp "tcp-socket" (type $socket))
+  (import "wasi:sockets/tcp-create-socket@0.2.12" (instance $create
+    (alias outer $C $ec (type $e))
+    (alias outer $C $fam (type $f))
+    (alias outer $C $socket (type $s))
+    (export "error-code" (type $ee (eq $e)))
+    (export "ip-address-family" (type $fe (eq $f)))
+    (export "tcp-socket" (type $se (eq $s)))
+    (export "create-tcp-socket" (func (param "address-family" $fe) (result (result (own $se) (error $ee)))))))
+  (core module $mem (memory (export "memory") 1))
+  (core instance $m (instantiate $mem))
+  (alias core export $m "memory" (core memory $memory))
+  (alias export $instance-network "instance-network" (func $instance-network))
+  (alias export $create "create-tcp-socket" (func $create-tcp-socket))
+  (alias export $tcp "[method]tcp-socket.start-bind" (func $start-bind))
+  (alias export $tcp "[method]tcp-socket.finish-bind" (func $finish-bind))
+  (alias export $tcp "[method]tcp-socket.start-listen" (func $start-listen))
+  (alias export $tcp "[method]tcp-socket.finish-listen" (func $finish-listen))
+  (core func $network (canon lower (func $instance-network)))
+  (core func $create (canon lower (func $create-tcp-socket) (memory $memory)))
+  (core func $bind (canon lower (func $start-bind) (memory $memory)))
+  (core func $finish (canon lower (func $finish-bind) (memory $memory)))
+  (core func $listen (canon lower (func $start-listen) (memory $memory)))
+  (core func $listening (canon lower (func $finish-listen) (memory $memory)))
+  (core module $main
+    (import "m" "memory" (memory 1))
+    (import "host" "network" (func $network (result i32)))
+    (import "host" "create" (func $create (param i32 i32)))
+    (import "host" "bind" (func $bind (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)))
+    (import "host" "finish" (func $finish (param i32 i32)))
+    (import "host" "listen" (func $listen (param i32 i32)))
+    (import "host" "listening" (func $listening (param i32 i32)))
+    (func $ok (if (i32.load8_u (i32.const 64)) (then unreachable)))
+    (func $start
+      (local $net i32) (local $socket i32)
+      (local.set $net (call $network))
+      (call $create (i32.const 0) (i32.const 64))
+      (call $ok)
+      (local.set $socket (i32.load (i32.const 68)))
+      (call $bind (local.get $socket) (local.get $net)
+        (i32.const 0) (i32.const {port}) (i32.const 127) (i32.const 0) (i32.const 0) (i32.const 1)
+        (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+        (i32.const 64))
+      (call $ok)
+      (call $finish (local.get $socket) (i32.const 64))
+      (call $ok)
+      (call $listen (local.get $socket) (i32.const 64))
+      (call $ok)
+      (call $listening (local.get $socket) (i32.const 64))
+      (call $ok))
+    (start $start)
+    (func (export "run") (result i32) (loop $spin (br $spin)) (i32.const 0)))
+  (core instance $host
+    (export "network" (func $network)) (export "create" (func $create))
+    (export "bind" (func $bind)) (export "finish" (func $finish))
+    (export "listen" (func $listen)) (export "listening" (func $listening)))
+  (core instance $i (instantiate $main (with "m" (instance $m)) (with "host" (instance $host))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $r (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.12" (instance $r)))"#
+    );
+    Ok(wat::parse_str(wat)?)
+}
+
+/// Whether something listens on 127.0.0.1:`port` in the network namespace
+/// at `netns` (`None`: the test's own).
+fn listening(netns: Option<&Path>, port: u16) -> Result<bool> {
+    let connect = move || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    match netns {
+        None => Ok(connect()),
+        Some(path) => in_netns(path, connect),
+    }
+}
+
+/// Runs `f` on a thread that entered the network namespace at `netns`.
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let ns = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+    std::thread::spawn(move || -> Result<T> {
+        // SAFETY: setns(2) on a namespace file we hold; only this
+        // short-lived thread moves.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("setns thread panicked"))?
+}
+
+/// The network namespace of the shim's `netns-*` threads, if it has any.
+fn shim_guest_namespace(shim: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{shim}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("netns-"))
+        })
+        .map(|t| t.path().join("ns/net"))
+}
+
+#[test]
+fn sockets_made_while_instantiating_are_in_the_guests_namespace() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cd = Containerd::start()?;
+    // A port free on the host's loopback now.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let image = cd.import_wasm(tmp.path(), "bind-at-start", &bind_at_start(port)?)?;
+    cd.run_detached("net-start", &["--runtime", RUNTIME, &image, "net-start"])?;
+    cd.wait_status("net-start", "RUNNING")?;
+    // Instantiated, so its start function listens: not on the host's
+    // loopback, but on that of the namespace the shim made for it.
+    assert!(
+        !listening(None, port)?,
+        "the guest listens in the host's namespace"
+    );
+    let shim = cd.task_pid("net-start")?;
+    let netns = shim_guest_namespace(shim).context("the shim has no namespace threads")?;
+    assert!(
+        listening(Some(&netns), port)?,
+        "nothing listens in the guest's namespace"
+    );
+    cd.kill_and_remove("net-start")?;
+
+    // Binding a port below 1024 takes CAP_NET_BIND_SERVICE, as for a
+    // process: containerd's default set has it; without it, the bind in the
+    // start function fails, and so does Start.
+    let low = cd.import_wasm(tmp.path(), "bind-at-80", &bind_at_start(80)?)?;
+    cd.run_detached("net-80", &["--runtime", RUNTIME, &low, "net-80"])?;
+    cd.wait_status("net-80", "RUNNING")?;
+    cd.kill_and_remove("net-80")?;
+    let out = cd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--cap-drop",
+        "CAP_NET_BIND_SERVICE",
+        &low,
+        "net-80b",
+    ])?;
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("unreachable"), "{}", out.stderr);
+    cd.assert_clean()
 }
 
 /// Network-namespace descriptors and `netns-*` threads the process holds.
@@ -426,7 +614,14 @@ async fn a_pod_guest_uses_the_pods_network_namespace() -> Result<()> {
     let pause = cri.sandbox_pid(&pod).await?;
     let netns = std::path::PathBuf::from(format!("/proc/{pause}/ns/net"));
     let inside = Server::in_namespace(&netns)?;
-    let outside = Server::host()?;
+    // On another port than the pod's server, or an escape would look like
+    // a success.
+    let outside = loop {
+        let server = Server::host()?;
+        if server.port() != inside.port() {
+            break server;
+        }
+    };
 
     // The pod's server, by address, and by the name the pod's /etc/hosts
     // mount gives it.

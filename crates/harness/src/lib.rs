@@ -121,7 +121,13 @@ fn write_cni_config(dir: &Path) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "wt".into());
-    let slot = std::process::id() as usize * 31 + SEQ.load(Ordering::Relaxed) as usize;
+    // The folder is `wt<pid>x<n>`: n counts this process's containerds.
+    let n: usize = name
+        .rsplit('x')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let slot = std::process::id() as usize * 31 + n;
     let subnet = format!("198.{}.{}.0/24", 18 + (slot / 256) % 2, slot % 256);
     let config = serde_json::json!({
         "cniVersion": "0.4.0",
@@ -451,6 +457,18 @@ impl Containerd {
         }
         self.import_tar(&tar)?;
         Ok(image_name(example))
+    }
+
+    /// Builds an image holding one wasm file, `/<name>.wasm`, from `bytes`
+    /// (in `dir`), imports it and returns its name.
+    pub fn import_wasm(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<String> {
+        let file = dir.join(format!("{name}.wasm"));
+        std::fs::write(&file, bytes)?;
+        let reference = format!("docker.io/wasmtime-tests/{name}:latest");
+        let tar = dir.join(format!("{name}.tar"));
+        build_image(&file, &format!("{name}.wasm"), &reference, &tar)?;
+        self.import_tar(&tar)?;
+        Ok(reference)
     }
 
     /// Imports any image tar.
