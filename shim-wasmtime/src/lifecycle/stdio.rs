@@ -252,7 +252,19 @@ async fn open_output(
         state: watching,
         copied: copied.clone(),
     });
-    let pump = pump_output(path.to_owned(), shim_end, released.clone(), state, copied);
+    // Open the FIFO now, in Create, when the client is already there (ctr
+    // and CRI open their read ends before they send Create): a client that
+    // reads before any writer has opened the FIFO sees end-of-file, and
+    // stops. Only a client that is not there yet is waited for.
+    let opened = open_for_writing(path);
+    let pump = pump_output(
+        path.to_owned(),
+        opened,
+        shim_end,
+        released.clone(),
+        state,
+        copied,
+    );
     tokio::spawn(async move {
         pump.await;
         drop(active);
@@ -315,8 +327,18 @@ const MAX_DRAIN: Duration = Duration::from_secs(60);
 /// pump exists only for a FIFO containerd named, so a client is coming.
 const CLIENT_OPEN_WAIT: Duration = Duration::from_secs(5);
 
+/// Opens the FIFO's write end without blocking: `ENXIO` while no reader
+/// has it open.
+fn open_for_writing(path: &str) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
 async fn pump_output(
     path: String,
+    mut opened: io::Result<std::fs::File>,
     mut from: tokio::io::DuplexStream,
     released: Arc<AtomicBool>,
     state: watch::Sender<PumpState>,
@@ -333,11 +355,7 @@ async fn pump_output(
     let mut backoff = Duration::from_millis(2);
     let mut released_at: Option<std::time::Instant> = None;
     let fifo = loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-        {
+        match opened {
             Ok(f) => break f,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                 if released.load(Ordering::Relaxed) {
@@ -350,6 +368,7 @@ async fn pump_output(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(200));
+                opened = open_for_writing(&path);
             }
             Err(e) => {
                 tracing::debug!(%path, err = %e, "cannot open the output FIFO");
