@@ -4,17 +4,17 @@
 //! calling thread, so the shim never moves itself. Instead, each network
 //! namespace that guests use gets a tokio runtime of its own whose threads,
 //! workers and blocking pool alike, enter the namespace as they start. A
-//! guest placed on that runtime creates every socket there: its own, the
-//! background ones its WASI implementation makes, and the name lookups it
-//! asks for. A socket stays in the namespace it was created in, whichever
-//! thread uses it later.
+//! guest placed on that runtime (instantiated there too) creates every
+//! socket there: its own, the background ones its WASI implementation
+//! makes, and the name lookups it asks for. A socket stays in the namespace
+//! it was created in, whichever thread uses it later.
 //!
 //! What the spec asks for, as runc reads it:
 //!
 //! | spec `linux.namespaces` | namespace | runtime |
 //! |---|---|---|
 //! | no `network` entry (`ctr run --net-host`, host-network pods) | the shim's | the shim's own: no cost |
-//! | `network` with a `path` (a pod's, `/proc/<pause>/ns/net`) | that one, shared by the pod's guests | one per namespace |
+//! | `network` with a `path` (under CRI, the pod's) | that one, shared by the pod's guests | one per namespace |
 //! | `network` without a path (plain `ctr run`) | a new one with only loopback, up | one per task |
 //!
 //! Only guests that can open sockets are placed at all (see the engine);
