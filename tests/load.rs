@@ -69,7 +69,14 @@ fn run_hello(cd: &Containerd, image: &str, id: &str) -> Result<()> {
         id,
     ])?;
     if !out.success() || out.stdout != "Hello from WebAssembly!\n" {
-        bail!("task {id}: {out:?}");
+        // What the shim logged about this task, to tell where output went.
+        let log = cd.log();
+        let needle = format!("{id}-");
+        let about: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("\"{id}\"")) || l.contains(&needle))
+            .collect();
+        bail!("task {id}: {out:?}\nits log lines:\n{}", about.join("\n"));
     }
     Ok(())
 }
@@ -123,6 +130,9 @@ fn many_tasks_in_a_row_and_at_once_leak_nothing() -> Result<()> {
         .filter_map(|r| r.as_ref().err())
         .map(|e| format!("{e:#}"))
         .collect();
+    if !failed.is_empty() {
+        let _ = std::fs::write("/tmp/load-containerd.log", cd.log());
+    }
     assert!(
         failed.is_empty(),
         "{} of {concurrent} concurrent tasks failed:\n{}",

@@ -62,7 +62,10 @@ impl Writer {
         let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match guard.as_mut() {
             Some(w) => f(w.as_mut()),
-            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            None => {
+                tracing::debug!("a write after the task's output was closed");
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
         }
     }
 }
@@ -393,7 +396,35 @@ async fn pump_output(
         Ok(()) => tracing::debug!(%path, bytes = copied.load(Ordering::Relaxed), "output copied"),
         Err(e) => tracing::debug!(%path, err = %e, "output copy ended"),
     }
+    wait_until_read(&sender, &path).await;
     drop(keep_open);
+}
+
+/// How long a pump waits for its client to take what is in the FIFO.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until the client has read everything in the FIFO. Until it has
+/// read, it may still be inside its open(2) (woken by our open, not yet
+/// back), and containerd's client cancels FIFO opens that have not
+/// returned when it deletes the task, which it does as soon as the exit is
+/// reported: a short guest's whole output was lost that way, under load.
+async fn wait_until_read(fifo: &impl std::os::fd::AsRawFd, path: &str) {
+    let deadline = tokio::time::Instant::now() + READ_WAIT;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD on a pipe writes one int: the bytes unread.
+        let rc = unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut unread) };
+        if rc != 0 || unread == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(%path, unread, "output FIFO not read by its client");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// Copies `from` into `to` until EOF, counting the bytes handed on.
