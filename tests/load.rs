@@ -130,9 +130,6 @@ fn many_tasks_in_a_row_and_at_once_leak_nothing() -> Result<()> {
         .filter_map(|r| r.as_ref().err())
         .map(|e| format!("{e:#}"))
         .collect();
-    if !failed.is_empty() {
-        let _ = std::fs::write("/tmp/load-containerd.log", cd.log());
-    }
     assert!(
         failed.is_empty(),
         "{} of {concurrent} concurrent tasks failed:\n{}",
