@@ -396,20 +396,24 @@ async fn pump_output(
         Ok(()) => tracing::debug!(%path, bytes = copied.load(Ordering::Relaxed), "output copied"),
         Err(e) => tracing::debug!(%path, err = %e, "output copy ended"),
     }
-    wait_until_read(&sender, &path).await;
+    wait_until_read(&sender, &path, &released).await;
     drop(keep_open);
 }
 
-/// How long a pump waits for its client to take what is in the FIFO.
+/// How long a pump waits for its client to take what is in the FIFO; and,
+/// once the task is deleted (a client that was going to read has read by
+/// then, or has given up), how much longer at most.
 const READ_WAIT: Duration = Duration::from_secs(10);
+const READ_WAIT_AFTER_DELETE: Duration = Duration::from_secs(1);
 
 /// Waits until the client has read everything in the FIFO. Until it has
 /// read, it may still be inside its open(2) (woken by our open, not yet
 /// back), and containerd's client cancels FIFO opens that have not
 /// returned when it deletes the task, which it does as soon as the exit is
 /// reported: a short guest's whole output was lost that way, under load.
-async fn wait_until_read(fifo: &impl std::os::fd::AsRawFd, path: &str) {
-    let deadline = tokio::time::Instant::now() + READ_WAIT;
+async fn wait_until_read(fifo: &impl std::os::fd::AsRawFd, path: &str, released: &AtomicBool) {
+    let mut deadline = tokio::time::Instant::now() + READ_WAIT;
+    let mut shortened = false;
     let mut pause = Duration::from_micros(200);
     loop {
         let mut unread: libc::c_int = 0;
@@ -418,7 +422,12 @@ async fn wait_until_read(fifo: &impl std::os::fd::AsRawFd, path: &str) {
         if rc != 0 || unread == 0 {
             return;
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if !shortened && released.load(Ordering::Relaxed) {
+            shortened = true;
+            deadline = deadline.min(now + READ_WAIT_AFTER_DELETE);
+        }
+        if now >= deadline {
             tracing::debug!(%path, unread, "output FIFO not read by its client");
             return;
         }
