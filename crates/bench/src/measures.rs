@@ -210,31 +210,43 @@ async fn cold_runs(b: &Bench, pair: &Pair) -> Result<([Vec<f64>; 2], [Vec<f64>; 
     Ok((total, task))
 }
 
+/// The two cold-start measures of a pair, run by run through the API:
+/// `(<key>_total, <key>_task)`, labelled "cold start, API: <what>...".
+async fn cold_measures(
+    b: &Bench,
+    pair: &Pair,
+    key: &str,
+    what: &str,
+) -> Result<(Measure, Measure)> {
+    let (total, task) = cold_runs(b, pair).await?;
+    let [first, second] = pair.both();
+    let [total_1, total_2] = total;
+    let [task_1, task_2] = task;
+    Ok((
+        Measure::new(
+            &format!("{key}_total"),
+            &format!("cold start, API: {what}whole sequence"),
+            Unit::Ms,
+            Better::Lower,
+            series(first, total_1),
+            series(second, total_2),
+        ),
+        Measure::new(
+            &format!("{key}_task"),
+            &format!("cold start, API: {what}task create..delete"),
+            Unit::Ms,
+            Better::Lower,
+            series(first, task_1),
+            series(second, task_2),
+        ),
+    ))
+}
+
 /// 1. Cold start through the API: the whole sequence, and the task's
 ///    lifecycle alone.
 pub async fn cold_api(b: &Bench) -> Result<Vec<Measure>> {
-    let (total, task) = cold_runs(b, &b.hello).await?;
-    let [wasm, runc] = b.hello.both();
-    let [total_w, total_r] = total;
-    let [task_w, task_r] = task;
-    Ok(vec![
-        Measure::new(
-            "cold_api_total",
-            "cold start, API: whole sequence",
-            Unit::Ms,
-            Better::Lower,
-            series(wasm, total_w),
-            series(runc, total_r),
-        ),
-        Measure::new(
-            "cold_api_task",
-            "cold start, API: task create..delete",
-            Unit::Ms,
-            Better::Lower,
-            series(wasm, task_w),
-            series(runc, task_r),
-        ),
-    ])
+    let (total, task) = cold_measures(b, &b.hello, "cold_api", "").await?;
+    Ok(vec![total, task])
 }
 
 /// 2. Cold start through `ctr run --rm`, as a user sees it.
@@ -550,28 +562,15 @@ async fn first_and_cached(
 ///    run, alternating; then the component's first start in fresh
 ///    containerds against its cached starts.
 pub async fn component_vs_module(b: &Bench) -> Result<Vec<Measure>> {
-    let (total, task) = cold_runs(b, &b.component).await?;
-    let [component, module] = b.component.both();
-    let [total_c, total_m] = total;
-    let [task_c, task_m] = task;
-    let mut out = vec![
-        Measure::new(
-            "component_vs_module_task",
-            "cold start, API: component vs module, task create..delete",
-            Unit::Ms,
-            Better::Lower,
-            series(component, task_c),
-            series(module, task_m),
-        ),
-        Measure::new(
-            "component_vs_module_total",
-            "cold start, API: component vs module, whole sequence",
-            Unit::Ms,
-            Better::Lower,
-            series(component, total_c),
-            series(module, total_m),
-        ),
-    ];
+    let (total, task) = cold_measures(
+        b,
+        &b.component,
+        "component_vs_module",
+        "component vs module, ",
+    )
+    .await?;
+    let component = &b.component.both()[0];
+    let mut out = vec![task, total];
     if b.cfg.first_runs > 0 {
         out.extend(first_and_cached(b, (&b.hello_tars[1], component), "component").await?);
     }
@@ -582,28 +581,9 @@ pub async fn component_vs_module(b: &Bench) -> Result<Vec<Measure>> {
 ///    API, run by run, alternating: the cost of its network namespace (made
 ///    with loopback up) and of the runtime whose threads entered it.
 pub async fn sockets(b: &Bench) -> Result<Vec<Measure>> {
-    let (total, task) = cold_runs(b, &b.sockets).await?;
-    let [net, hello] = b.sockets.both();
-    let [total_n, total_h] = total;
-    let [task_n, task_h] = task;
-    Ok(vec![
-        Measure::new(
-            "sockets_vs_component_task",
-            "cold start, API: component with sockets vs without, task create..delete",
-            Unit::Ms,
-            Better::Lower,
-            series(net, task_n),
-            series(hello, task_h),
-        ),
-        Measure::new(
-            "sockets_vs_component_total",
-            "cold start, API: component with sockets vs without, whole sequence",
-            Unit::Ms,
-            Better::Lower,
-            series(net, total_n),
-            series(hello, total_h),
-        ),
-    ])
+    let what = "component with sockets vs without, ";
+    let (total, task) = cold_measures(b, &b.sockets, "sockets_vs_component", what).await?;
+    Ok(vec![task, total])
 }
 
 /// Removes every container of this run that is still there (after an error
