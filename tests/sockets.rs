@@ -119,10 +119,10 @@ fn net_host_guests_reach_the_hosts_loopback_by_address_and_by_name() -> Result<(
     let port = server.port();
 
     let run = |id: &str, args: &[&str]| {
-        let mut a = vec!["run", "--rm", "--net-host", "--runtime", RUNTIME];
-        a.extend([net.as_str(), id, "/net.wasm"]);
-        a.extend_from_slice(args);
-        cd.ctr(&a)
+        let args: Vec<&str> = std::iter::once("/net.wasm")
+            .chain(args.iter().copied())
+            .collect();
+        cd.run_rm_with(&["--net-host"], &net, id, &args)
     };
     let out = run("net-addr", &["connect", "127.0.0.1", &port, "by address"])?.ok()?;
     assert_eq!(out.stdout, "pong: by address\n", "{out:?}");
@@ -179,12 +179,8 @@ fn a_container_without_a_namespace_path_gets_only_loopback() -> Result<()> {
     )?;
     let resolv = bind_mount(&resolv, "/etc/resolv.conf", true);
     let lookup = |id: &str, mounts: &[&str]| {
-        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
-        for m in mounts {
-            a.extend(["--mount", m]);
-        }
-        a.extend([net.as_str(), id, "/net.wasm", "lookup", "server.test"]);
-        cd.ctr(&a)
+        let options: Vec<&str> = mounts.iter().flat_map(|m| ["--mount", m]).collect();
+        cd.run_rm_with(&options, &net, id, &["/net.wasm", "lookup", "server.test"])
     };
     let out = lookup("net-hosts", &[&hosts, &resolv])?.ok()?;
     assert_eq!(out.stdout, "127.0.0.1\n", "{out:?}");
@@ -283,22 +279,14 @@ fn a_namespace_given_by_path_is_joined_and_its_guests_can_be_killed() -> Result<
         &resolv,
         "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n",
     )?;
+    let mount = bind_mount(&resolv, "/etc/resolv.conf", true);
     let out = cd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--with-ns",
-            &with_ns,
-            "--mount",
-            &bind_mount(&resolv, "/etc/resolv.conf", true),
+        .run_rm_with(
+            &["--with-ns", &with_ns, "--mount", &mount],
             &net,
             "net-dns",
-            "/net.wasm",
-            "lookup",
-            "db.dns.test",
-        ])?
+            &["/net.wasm", "lookup", "db.dns.test"],
+        )?
         .ok()?;
     assert_eq!(out.stdout, "10.9.8.7\n", "{out:?}");
     let asked = dns.recv_timeout(Duration::from_secs(1))?;
@@ -307,18 +295,13 @@ fn a_namespace_given_by_path_is_joined_and_its_guests_can_be_killed() -> Result<
     // A path that is not a network namespace fails Create, saying so.
     let not_ns = tmp.path().join("not-a-namespace");
     std::fs::write(&not_ns, "")?;
-    let out = cd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--with-ns",
-        &format!("network:{}", not_ns.display()),
+    let bad_ns = format!("network:{}", not_ns.display());
+    let out = cd.run_rm_with(
+        &["--with-ns", &bad_ns],
         &net,
         "net-bad",
-        "/net.wasm",
-        "loopback",
-    ])?;
+        &["/net.wasm", "loopback"],
+    )?;
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("not a namespace"), "{}", out.stderr);
 
@@ -557,16 +540,12 @@ fn sockets_made_while_instantiating_are_in_the_guests_namespace() -> Result<()> 
     cd.run_detached("net-80", &["--runtime", RUNTIME, &low, "net-80"])?;
     cd.wait_status("net-80", "RUNNING")?;
     cd.kill_and_remove("net-80")?;
-    let out = cd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--cap-drop",
-        "CAP_NET_BIND_SERVICE",
+    let out = cd.run_rm_with(
+        &["--cap-drop", "CAP_NET_BIND_SERVICE"],
         &low,
         "net-80b",
-    ])?;
+        &[],
+    )?;
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("unreachable"), "{}", out.stderr);
     cd.assert_clean()

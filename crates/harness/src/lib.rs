@@ -482,7 +482,20 @@ impl Containerd {
 
     /// `ctr run --rm --runtime io.containerd.wasmtime.v1 IMAGE ID ARGS…`
     pub fn run_rm(&self, image: &str, id: &str, args: &[&str]) -> Result<Output> {
-        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, image, id];
+        self.run_rm_with(&[], image, id, args)
+    }
+
+    /// `ctr run --rm --runtime io.containerd.wasmtime.v1 OPTIONS… IMAGE ID ARGS…`
+    pub fn run_rm_with(
+        &self,
+        options: &[&str],
+        image: &str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Output> {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        a.extend_from_slice(options);
+        a.extend([image, id]);
         a.extend_from_slice(args);
         self.ctr(&a)
     }
