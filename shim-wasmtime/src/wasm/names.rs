@@ -79,12 +79,16 @@ impl ContainerNames {
     }
 
     /// Resolves `name` to its addresses.
+    #[cfg(test)]
     async fn lookup(self: Arc<Self>, name: String) -> Result<Vec<IpAddr>, ErrorCode> {
-        if let Ok(ip) = name.parse::<IpAddr>() {
-            return Ok(vec![ip.to_canonical()]);
+        match Target::parse(&name)? {
+            Target::Address(ip) => Ok(vec![ip]),
+            Target::Name(parsed) => self.resolve(parsed).await,
         }
-        // Validates the name, and turns a unicode one into punycode.
-        let parsed = Name::from_utf8(&name).map_err(|_| ErrorCode::InvalidArgument)?;
+    }
+
+    /// Resolves a name: the hosts file, then DNS.
+    async fn resolve(self: Arc<Self>, parsed: Name) -> Result<Vec<IpAddr>, ErrorCode> {
         let from_hosts: Vec<IpAddr> = [RecordType::A, RecordType::AAAA]
             .into_iter()
             .filter_map(|t| {
@@ -109,17 +113,36 @@ impl ContainerNames {
                 tracing::debug!("name lookup: resolver setup failed: {err}");
                 ErrorCode::PermanentResolverFailure
             })?;
-        match resolver.lookup_ip(parsed).await {
+        match resolver.lookup_ip(parsed.clone()).await {
             Ok(found) => Ok(found
                 .iter()
                 .map(|ip| ip.to_canonical())
                 .take(MAX_ADDRESSES)
                 .collect()),
             Err(err) => {
-                tracing::debug!("name lookup of {name:?} failed: {err}");
+                tracing::debug!("name lookup of {parsed} failed: {err}");
                 Err(lookup_error(&err))
             }
         }
+    }
+}
+
+/// What a guest asked to look up.
+enum Target {
+    /// An address literal: the answer itself.
+    Address(IpAddr),
+    Name(Name),
+}
+
+impl Target {
+    fn parse(name: &str) -> Result<Self, ErrorCode> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(Target::Address(ip.to_canonical()));
+        }
+        // Validates the name, and turns a unicode one into punycode.
+        Name::from_utf8(name)
+            .map(Target::Name)
+            .map_err(|_| ErrorCode::InvalidArgument)
     }
 }
 
@@ -242,11 +265,13 @@ impl Host for NamesView<'_> {
         let Some(names) = self.names else {
             return Err(ErrorCode::PermanentResolverFailure.into());
         };
-        if name.parse::<IpAddr>().is_err() && Name::from_utf8(&name).is_err() {
-            return Err(ErrorCode::InvalidArgument.into());
-        }
-        let task = wasmtime_wasi::runtime::spawn(names.clone().lookup(name));
-        let pushed = self.table.push(Resolving::Waiting(task))?;
+        let resolving = match Target::parse(&name)? {
+            Target::Address(ip) => Resolving::Done(Ok(vec![ip].into_iter())),
+            Target::Name(parsed) => {
+                Resolving::Waiting(wasmtime_wasi::runtime::spawn(names.clone().resolve(parsed)))
+            }
+        };
+        let pushed = self.table.push(resolving)?;
         Ok(Resource::new_own(pushed.rep()))
     }
 }
