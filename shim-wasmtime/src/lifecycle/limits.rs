@@ -222,15 +222,24 @@ impl LiveLimits {
         *self.lock()
     }
 
-    /// Records that the guest's memory grows to `total` bytes, if the
-    /// memory limit allows it; false when it does not.
-    pub fn grow_memory(&self, total: u64, usage: &Usage) -> bool {
+    /// Records that one of the task's instances grows its memory from
+    /// `from` to `to` bytes, if the task's memory limit allows the task's
+    /// new total; false when it does not. (A task has one instance, or, when
+    /// it serves HTTP, one per request in flight, all under one limit.)
+    pub fn grow_memory(&self, from: u64, to: u64, usage: &Usage) -> bool {
         let limits = self.lock();
+        let total = usage.memory().saturating_sub(from).saturating_add(to);
         if limits.memory.is_some_and(|m| total > m) {
             return false;
         }
         usage.set_memory(total);
         true
+    }
+
+    /// Records that an instance holding `bytes` of memory is gone.
+    pub fn release_memory(&self, bytes: u64, usage: &Usage) {
+        let _limits = self.lock();
+        usage.set_memory(usage.memory().saturating_sub(bytes));
     }
 
     /// Applies `change`, unless it sets a memory limit below what the guest
@@ -373,8 +382,8 @@ mod tests {
             memory: Some(1 << 20),
             ..Default::default()
         });
-        assert!(live.grow_memory(1 << 19, &usage));
-        assert!(!live.grow_memory(2 << 20, &usage));
+        assert!(live.grow_memory(0, 1 << 19, &usage));
+        assert!(!live.grow_memory(1 << 19, 2 << 20, &usage));
         let shrink = Change {
             memory: Some(Some(1 << 18)),
             ..Default::default()
@@ -393,8 +402,26 @@ mod tests {
             ..Default::default()
         };
         live.update(&grow, &usage).unwrap();
-        assert!(live.grow_memory(2 << 20, &usage));
+        assert!(live.grow_memory(1 << 19, 2 << 20, &usage));
         assert_eq!(live.get().memory, Some(4 << 20));
+    }
+
+    #[test]
+    fn instances_of_one_task_share_its_memory_limit() {
+        let usage = Usage::default();
+        let live = LiveLimits::new(Limits {
+            memory: Some(3 << 20),
+            ..Default::default()
+        });
+        assert!(live.grow_memory(0, 1 << 20, &usage));
+        assert!(live.grow_memory(0, 2 << 20, &usage));
+        assert!(
+            !live.grow_memory(0, 1 << 20, &usage),
+            "a third MiB past the limit"
+        );
+        live.release_memory(2 << 20, &usage);
+        assert_eq!(usage.memory(), 1 << 20);
+        assert!(live.grow_memory(0, 2 << 20, &usage));
     }
 
     #[test]
