@@ -42,11 +42,16 @@ pub struct TaskSpec {
     pub limits: Arc<LiveLimits>,
 }
 
-/// The guest's ends of its standard streams.
+/// Stop requests for a guest that stops gracefully: the signal (SIGTERM or
+/// SIGINT) once one arrives. See [`Prepared::stops_gracefully`].
+pub type StopRequests = tokio::sync::watch::Receiver<Option<u32>>;
+
+/// The guest's ends of its standard streams, and its stop requests.
 pub struct GuestIo {
     pub stdin: Box<dyn AsyncRead + Send + Sync + Unpin>,
     pub stdout: Writer,
     pub stderr: Writer,
+    pub stop: StopRequests,
 }
 
 /// How a guest ended.
@@ -86,6 +91,13 @@ pub trait Prepared: Send {
     /// `None`: the shim's own, on the shim's runtime.
     fn namespace(&self) -> Option<Arc<netns::Namespace>> {
         None
+    }
+    /// Whether SIGTERM and SIGINT ask the guest to finish its work and exit
+    /// (through [`GuestIo::stop`]) rather than stop it at once: a service
+    /// drains its requests. Other guests, which cannot catch a signal, are
+    /// stopped at once by any signal that is not ignored by default.
+    fn stops_gracefully(&self) -> bool {
+        false
     }
     /// Instantiates the guest. Called in Start; an error fails Start.
     async fn start(self: Box<Self>, io: GuestIo) -> anyhow::Result<Running>;

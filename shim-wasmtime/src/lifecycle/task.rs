@@ -40,12 +40,20 @@ pub struct ExitStatus {
     pub at: SystemTime,
 }
 
+/// A started guest's controls.
+struct Running {
+    /// Stops it at once with a signal number.
+    kill: Option<oneshot::Sender<u32>>,
+    /// Asks it to stop, for a guest that stops gracefully.
+    stop: Option<watch::Sender<Option<u32>>>,
+}
+
 enum State {
     Created(Box<dyn Prepared>),
     /// Between Start's arrival and the guest's instantiation.
     Starting,
     /// The sender stops the guest with a signal number.
-    Running(Option<oneshot::Sender<u32>>),
+    Running(Running),
     Stopped,
 }
 
@@ -165,6 +173,8 @@ impl Task {
                 }
             }
         };
+        let graceful = prepared.stops_gracefully();
+        let (stop_tx, stop_rx) = watch::channel(None);
         let io = {
             let mut io = lock(&self.io);
             GuestIo {
@@ -174,6 +184,7 @@ impl Task {
                     .unwrap_or_else(|| Box::new(tokio::io::empty())),
                 stdout: io.stdout.clone(),
                 stderr: io.stderr.clone(),
+                stop: stop_rx,
             }
         };
         let stderr = io.stderr.clone();
@@ -207,7 +218,10 @@ impl Task {
             }
         };
         let (kill_tx, kill_rx) = oneshot::channel::<u32>();
-        *lock(&self.state) = State::Running(Some(kill_tx));
+        *lock(&self.state) = State::Running(Running {
+            kill: Some(kill_tx),
+            stop: graceful.then_some(stop_tx),
+        });
         on_started();
 
         let task = Arc::clone(self);
@@ -246,6 +260,8 @@ impl Task {
 
     /// Stops the task with `signal`. Signals whose default action is to be
     /// ignored, and signal 0, change nothing: a wasm guest cannot catch any.
+    /// A guest that stops gracefully is asked to stop by SIGTERM and SIGINT
+    /// (and stopped at once by SIGKILL, or any other signal).
     pub fn kill(&self, signal: u32) -> Result<Option<KillOutcome>> {
         const IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH];
         let mut state = lock(&self.state);
@@ -255,9 +271,17 @@ impl Task {
                 self.id
             ))),
             _ if signal == 0 || IGNORED.contains(&(signal as i32)) => Ok(None),
-            State::Running(tx) => {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(signal);
+            State::Running(running) => {
+                let asks = [libc::SIGTERM, libc::SIGINT].contains(&(signal as i32));
+                match (&running.stop, asks) {
+                    (Some(stop), true) => {
+                        stop.send_replace(Some(signal));
+                    }
+                    _ => {
+                        if let Some(kill) = running.kill.take() {
+                            let _ = kill.send(signal);
+                        }
+                    }
                 }
                 Ok(Some(KillOutcome::Signalled))
             }
