@@ -131,7 +131,7 @@ enum Command {
         output: PathBuf,
         /// command: a program (exports wasi:cli/run), which the shim runs;
         /// reactor: a library, and proxy: an HTTP handler (exports
-        /// wasi:http/incoming-handler), which the shim does not run yet.
+        /// wasi:http/incoming-handler), which the shim serves.
         #[arg(long, value_enum, default_value = "command")]
         adapter: AdapterArg,
         /// A folder of WIT (with its deps/) holding the world that declares

@@ -3,9 +3,11 @@
 //!
 //! Reading order: [`shim`] (process model) → [`service`] (Task API) →
 //! [`lifecycle`] (engine-neutral task states) → [`wasm`] (Wasmtime).
-//! [`flags`] answers `-v` and `-info` before any of that starts.
+//! [`flags`] answers `-v` and `-info` before any of that starts; [`http`]
+//! serves the tasks that answer requests.
 
 mod flags;
+mod http;
 mod lifecycle;
 mod logging;
 mod runc;

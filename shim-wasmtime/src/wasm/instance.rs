@@ -25,6 +25,10 @@ use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
 
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup;
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -32,6 +36,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use super::guest::Linked;
 use super::mounts::Preopen;
 use super::names::{ContainerLookup, ContainerNames, NamesView};
+use crate::http::settings::{Outgoing, Settings as HttpSettings};
 use crate::lifecycle::netns::Namespace;
 use crate::lifecycle::{Exit, GuestIo, LiveLimits, Running, Usage};
 
@@ -63,9 +68,55 @@ pub struct GuestState {
     names: Option<Arc<ContainerNames>>,
     limiter: Limiter,
     throttle: Throttle,
+    /// `wasi:http`: for a component that serves requests or sends them.
+    http: WasiHttpCtx,
+    outgoing: OutgoingRequests,
+    /// For an instance that serves one request: the epoch ticks of wasm
+    /// execution it has left.
+    budget: Option<Budget>,
+}
+
+/// How long an instance may run wasm code, in epoch ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    ticks_left: u64,
+    /// Set when the budget ran out and the instance was interrupted.
+    pub spent: bool,
+}
+
+impl Budget {
+    pub fn of(time: Duration) -> Self {
+        Self {
+            ticks_left: (time.as_nanos() / super::engine::TICK.as_nanos()).max(1) as u64,
+            spent: false,
+        }
+    }
 }
 
 impl GuestState {
+    /// The execution budget, for an instance that serves one request.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
+    }
+
+    /// The total a refused memory growth asked for, if one was refused.
+    pub fn memory_refused(&self) -> Option<usize> {
+        self.limiter.refused
+    }
+
+    /// Called at every epoch tick: interrupt an instance whose budget is
+    /// spent, else yield (and throttle).
+    fn on_tick(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        if let Some(budget) = &mut self.budget {
+            if budget.ticks_left == 0 {
+                budget.spent = true;
+                return Err(Trap::Interrupt.into());
+            }
+            budget.ticks_left -= 1;
+        }
+        Ok(self.throttle.on_tick())
+    }
+
     fn names_view(&mut self) -> NamesView<'_> {
         NamesView {
             table: self.wasi.ctx().table,
@@ -135,7 +186,10 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let total = self.total.saturating_sub(current).saturating_add(desired);
-        if !self.limits.grow_memory(total as u64, &self.usage) {
+        if !self
+            .limits
+            .grow_memory(self.total as u64, total as u64, &self.usage)
+        {
             self.refused = Some(total);
             return Ok(false);
         }
@@ -152,6 +206,14 @@ impl ResourceLimiter for Limiter {
         // Tables hold references; a generous fixed cap keeps a guest from
         // growing one without bound.
         Ok(desired <= 10_000_000)
+    }
+}
+
+/// A store's memory stops counting against its task once it is dropped:
+/// all of an HTTP service's request instances share the task's limit.
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.limits.release_memory(self.total as u64, &self.usage);
     }
 }
 
@@ -188,7 +250,61 @@ pub fn component_linker(engine: &Engine) -> Result<component::Linker<GuestState>
     ip_name_lookup::add_to_linker::<GuestState, ContainerLookup>(&mut linker, |s| s.names_view())
         .map_err(anyhow::Error::from)
         .context("add the container's name lookup to the component linker")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("add wasi:http to the component linker")?;
     Ok(linker)
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: self.wasi.ctx().table,
+            hooks: &mut self.outgoing,
+        }
+    }
+}
+
+/// Sends a guest's outgoing requests with wasmtime-wasi-http's client, from
+/// the thread that polls the guest (so from its network namespace), with
+/// the timeouts a guest may ask for capped by the container's settings.
+struct OutgoingRequests(Outgoing);
+
+impl WasiHttpHooks for OutgoingRequests {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        let cap = |asked: Option<Duration>, max: Duration| Some(asked.map_or(max, |t| t.min(max)));
+        let asked = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: cap(asked.connect_timeout, self.0.connect_timeout),
+            first_byte_timeout: cap(asked.first_byte_timeout, self.0.timeout),
+            between_bytes_timeout: cap(asked.between_bytes_timeout, self.0.timeout),
+        };
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
 }
 
 /// Components reach their WASI context through this view; modules through
@@ -216,6 +332,9 @@ pub struct Guest {
     /// For a guest that imports `wasi:sockets`: its network. `None`: no
     /// sockets, and no name lookup.
     pub sockets: Option<Sockets>,
+    /// What the container's environment set for serving HTTP (and for
+    /// outgoing requests); those variables are not in `env`.
+    pub http: HttpSettings,
 }
 
 /// What a guest with sockets gets, as a process in its container would.
@@ -234,7 +353,12 @@ pub struct Sockets {
 const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 impl Guest {
-    fn wasi(&self, io: GuestIo) -> Result<WasiP1Ctx> {
+    fn wasi(
+        &self,
+        stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
+        stderr: impl tokio::io::AsyncWrite + Send + Sync + 'static,
+    ) -> Result<WasiP1Ctx> {
         let mut b = WasiCtxBuilder::new();
         // WASI preview 1 writes to these with write-and-flush: a guest's
         // write returns once its bytes are in the task's pipe.
@@ -255,9 +379,9 @@ impl Guest {
         b.args(&self.args)
             .envs(&self.env)
             .initial_cwd(&self.cwd)
-            .stdin(AsyncStdinStream::new(io.stdin))
-            .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stdout))
-            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, io.stderr));
+            .stdin(AsyncStdinStream::new(stdin))
+            .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, stdout))
+            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, stderr));
         for p in &self.preopens {
             let perms = if p.read_only {
                 FsPerms::ReadOnly
@@ -273,9 +397,23 @@ impl Guest {
         Ok(wasi)
     }
 
-    /// Instantiates the guest and returns the future that runs its entry point.
+    /// Starts a task of this guest, as its kind does it: most run their
+    /// entry point once ([`Guest::run_once`]); a service serves.
     pub async fn start(self, io: GuestIo) -> Result<Running> {
-        let wasi = self.wasi(io)?;
+        self.linked.clone().start(self, io).await
+    }
+
+    /// A store for one instance of the guest, with its own WASI context on
+    /// the given streams, the task's limits, and for an instance that
+    /// serves one request, its execution budget.
+    pub fn store(
+        &self,
+        stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
+        stderr: impl tokio::io::AsyncWrite + Send + Sync + 'static,
+        budget: Option<Budget>,
+    ) -> Result<Store<GuestState>> {
+        let wasi = self.wasi(stdin, stdout, stderr)?;
         let limiter = Limiter {
             limits: self.limits.clone(),
             total: 0,
@@ -295,6 +433,9 @@ impl Guest {
                 names: self.sockets.as_ref().map(|s| s.names.clone()),
                 limiter,
                 throttle,
+                http: WasiHttpCtx::new(),
+                outgoing: OutgoingRequests(self.http.outgoing),
+                budget,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -302,11 +443,17 @@ impl Guest {
         // one call, bounded like its WASI handles.
         store.set_max_component_handles(MAX_COMPONENT_HANDLES);
         store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
-        // Yield to the runtime at every epoch tick, forever; throttle while
-        // the task has a CPU quota.
+        // Yield to the runtime at every epoch tick; throttle while the task
+        // has a CPU quota; interrupt a request's instance out of budget.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().throttle.on_tick()));
+        store.epoch_deadline_callback(|mut ctx| ctx.data_mut().on_tick());
+        Ok(store)
+    }
 
+    /// Instantiates the guest and returns the future that runs its entry
+    /// point to its end.
+    pub async fn run_once(self, io: GuestIo) -> Result<Running> {
+        let mut store = self.store(io.stdin, io.stdout, io.stderr, None)?;
         let path = self.module_path;
         let entry = self
             .linked
@@ -341,11 +488,20 @@ fn exit_of(result: wasmtime::Result<()>, path: &str, refused: Option<usize>) -> 
         ) => 128 + libc::SIGSEGV as u32,
         _ => TRAP_EXIT_CODE,
     };
-    // The message and its causes (the wasm backtrace is one), as `{:?}`
-    // would print them, but never a Rust backtrace: with RUST_BACKTRACE set
-    // in containerd's environment, symbolizing one costs the shim tens of
-    // MiB, enough to push it past a small memory limit.
-    let mut reason = format!("wasmtime: {path} failed: {err}");
+    Exit {
+        code,
+        reason: Some(failure_report(&err, &format!("{path} failed"), refused)),
+    }
+}
+
+/// What a guest's failure says: `wasmtime: {what}: {err}`, its causes (the
+/// wasm backtrace is one), and notes on limits that explain it.
+pub fn failure_report(err: &wasmtime::Error, what: &str, refused: Option<usize>) -> String {
+    // The message and its causes, as `{:?}` would print them, but never a
+    // Rust backtrace: with RUST_BACKTRACE set in containerd's environment,
+    // symbolizing one costs the shim tens of MiB, enough to push it past a
+    // small memory limit.
+    let mut reason = format!("wasmtime: {what}: {err}");
     let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
     if !causes.is_empty() {
         reason.push_str("\n\nCaused by:");
@@ -363,8 +519,5 @@ fn exit_of(result: wasmtime::Result<()>, path: &str, refused: Option<usize>) -> 
             "\nnote: a memory growth to {total} bytes was refused by the container's memory limit"
         ));
     }
-    Exit {
-        code,
-        reason: Some(reason),
-    }
+    reason
 }

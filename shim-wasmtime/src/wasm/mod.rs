@@ -149,9 +149,15 @@ impl Runtime for WasmtimeRuntime {
             bail!("process.args is empty: the first argument must name the .wasm module");
         };
         let env = process.env().clone().unwrap_or_default();
+        // The variables the shim reads are its own: the guest never sees them.
+        let (shim_env, env): (Vec<_>, Vec<_>) = env_pairs(&env)
+            .into_iter()
+            .partition(|(name, _)| crate::http::settings::is_shim_variable(name));
+        let http = crate::http::settings::Settings::from_env(&shim_env)?;
         let cwd = process.cwd().to_string_lossy().into_owned();
 
-        let (rootfs, lookup_env) = (task.rootfs.clone(), env.clone());
+        let lookup_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let rootfs = task.rootfs.clone();
         let from_rootfs = tokio::task::spawn_blocking(move || {
             module::read_from_rootfs(&rootfs, &arg0, &cwd, &lookup_env)
         })
@@ -192,12 +198,13 @@ impl Runtime for WasmtimeRuntime {
             linked,
             module_path,
             args,
-            env: env_pairs(&env),
+            env,
             cwd: process.cwd().to_string_lossy().into_owned(),
             preopens,
             limits: task.limits.clone(),
             usage,
             sockets,
+            http,
         })))
     }
 }
@@ -206,6 +213,10 @@ struct WasmPrepared(Guest);
 
 #[async_trait]
 impl Prepared for WasmPrepared {
+    fn stops_gracefully(&self) -> bool {
+        self.0.linked.stops_gracefully()
+    }
+
     fn namespace(&self) -> Option<Arc<crate::lifecycle::netns::Namespace>> {
         self.0.sockets.as_ref().and_then(|s| s.namespace.clone())
     }

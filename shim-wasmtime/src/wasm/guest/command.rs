@@ -42,7 +42,9 @@ impl Kind for Command {
         let sockets = component
             .component_type()
             .imports(&tools.engine)
-            .any(|(name, _)| name.starts_with("wasi:sockets/"));
+            .any(|(name, _)| {
+                name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/outgoing-handler")
+            });
         Ok(Arc::new(LinkedCommand { pre, sockets }))
     }
 }
@@ -85,7 +87,8 @@ fn check_run_export(engine: &Engine, component: &Component) -> Result<()> {
 
 struct LinkedCommand {
     pre: CommandPre<GuestState>,
-    /// Whether it imports any `wasi:sockets` interface.
+    /// Whether it imports any `wasi:sockets` interface, or sends HTTP
+    /// requests: either needs its container's network.
     sockets: bool,
 }
 

@@ -9,16 +9,18 @@
 //! |---|---|---|
 //! | `p1.rs` | WASI preview 1 core module | `_start` |
 //! | `command.rs` | WASI preview 2 command component | `wasi:cli/run.run` |
+//! | `proxy.rs` | `wasi:http/proxy` component (a service) | `wasi:http/incoming-handler.handle`, per request |
 //!
 //! [`identify`] tells the kinds apart from the bytes. A kind that runs to
 //! its end with the WASI context every guest gets is one more file here and
-//! one line in `identify`; the HTTP and WAGI kinds will also need their own
-//! linker and a per-request entry, which this design leaves to them.
+//! one line in `identify`; a kind that serves requests also overrides
+//! [`Linked::start`], and makes an instance per request.
 
 mod command;
 mod p1;
+mod proxy;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
@@ -26,8 +28,9 @@ use wasmtime::{Engine, Linker, Store};
 
 use super::cache::{Artifact, DiskCache};
 use super::engine::Digest32;
-use super::instance::GuestState;
+use super::instance::{Guest, GuestState};
 use super::module::Format;
+use crate::lifecycle::{GuestIo, Running};
 
 /// What compiling and linking need: one per shim.
 pub struct Toolbox {
@@ -66,12 +69,7 @@ pub trait Kind: Send + Sync {
     /// How messages name it.
     fn name(&self) -> &'static str;
     /// Compiles and links the guest. CPU-heavy: call on a blocking thread.
-    fn link(
-        &self,
-        tools: &Toolbox,
-        digest: &Digest32,
-        bytes: &[u8],
-    ) -> Result<std::sync::Arc<dyn Linked>>;
+    fn link(&self, tools: &Toolbox, digest: &Digest32, bytes: &[u8]) -> Result<Arc<dyn Linked>>;
 }
 
 /// A compiled and linked guest, shared by every task that runs it.
@@ -83,6 +81,17 @@ pub trait Linked: Send + Sync {
     /// network, and runs in its container's network namespace.
     fn uses_sockets(&self) -> bool {
         false
+    }
+    /// Whether SIGTERM and SIGINT ask a task of this guest to finish
+    /// (a service drains its requests) rather than stop it at once.
+    fn stops_gracefully(&self) -> bool {
+        false
+    }
+    /// Starts a task of this guest. Most kinds instantiate it once and run
+    /// its entry point to its end; a kind that serves requests overrides
+    /// this and makes an instance per request.
+    async fn start(self: Arc<Self>, guest: Guest, io: GuestIo) -> Result<Running> {
+        guest.run_once(io).await
     }
     /// Instantiates the guest in `store`; an error fails Start.
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>>;
@@ -112,10 +121,7 @@ pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
     let info = oci_artifact::inspect::inspect(bytes).context("read the component's exports")?;
     let exports = |prefix: &str| info.exports.iter().any(|e| e.starts_with(prefix));
     if exports(HTTP_HANDLER) {
-        bail!(
-            "the component exports {HTTP_HANDLER}x: it is an HTTP service (wasi:http/proxy), \
-             which this shim does not serve yet"
-        );
+        return Ok(&proxy::HttpProxy);
     }
     if exports(RUN) {
         return Ok(&command::Command);
@@ -133,8 +139,8 @@ pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
         bail!("the component is a WASI 0.3 component (exports: {found}); this shim runs WASI 0.2 components");
     }
     bail!(
-        "the component exports {found}; a command component exports {RUN}x \
-         (an HTTP service, {HTTP_HANDLER}x, is not served yet)"
+        "the component exports {found}; a command component exports {RUN}x, \
+         an HTTP service {HTTP_HANDLER}x"
     )
 }
 
