@@ -4,13 +4,15 @@
 #   $OUT/trap-debug.wasm  trap.c with DWARF, for backtraces with file and line
 #   $OUT/p2/*.wasm      the same programs as preview 2 command components
 #   $OUT/p2/net.wasm    sockets/net.c: a component that uses wasi:sockets
+#   $OUT/p2/hello-http.wasm  http/hello-http.c: a wasi:http/proxy component
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
 # Every run rebuilds everything and produces the same bytes.
 #
 # Needs (Debian): clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt gcc libc6-dev;
-# and the Rust toolchain, for oci-artifact (componentize)
+# and the Rust toolchain, for oci-artifact (componentize) and wit-bindgen (C
+# bindings for wasi:http, installed into target/tools on first use)
 set -euo pipefail
 
 EXAMPLES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,7 +43,7 @@ OUT="$(cd "$OUT" && pwd)" # absolute, as the build runs from $EXAMPLES
 # into the output. Run from $EXAMPLES with relative paths for the same reason.
 cd "$EXAMPLES"
 for src in */*.c; do
-    [[ "$src" == native/* || "$src" == sockets/* ]] && continue # built below
+    [[ "$src" == native/* || "$src" == sockets/* || "$src" == http/* ]] && continue # built below
     name="$(basename "$src" .c)"
     echo "wasm   $OUT/$name.wasm"
     "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/$name.wasm" "$src"
@@ -63,7 +65,7 @@ fi
 CLI="${OCI_ARTIFACT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/oci-artifact}"
 mkdir -p "$OUT/p2"
 for src in */*.c; do
-    [[ "$src" == native/* || "$src" == sockets/* ]] && continue
+    [[ "$src" == native/* || "$src" == sockets/* || "$src" == http/* ]] && continue
     name="$(basename "$src" .c)"
     echo "p2     $OUT/p2/$name.wasm"
     "$CLI" componentize "$OUT/$name.wasm" -o "$OUT/p2/$name.wasm" >/dev/null
@@ -83,6 +85,36 @@ cp sockets/world.wit "$OUT/wit/" && cp -r "$WASI_WIT" "$OUT/wit/deps"
 echo "p2     $OUT/p2/net.wasm (wasi:sockets)"
 "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -s -o "$OUT/core/net.wasm" sockets/net.c
 "$CLI" componentize "$OUT/core/net.wasm" --wit "$OUT/wit" --world net -o "$OUT/p2/net.wasm" >/dev/null
+
+# HTTP functions: C against wit-bindgen's C bindings for the wasi:http/proxy
+# world (the WIT of the wasmtime-wasi-http release in Cargo.lock), built as a
+# reactor and wrapped with the preview 1 proxy adapter.
+WIT_BINDGEN_VERSION=0.63.0
+WIT_BINDGEN="$ROOT/target/tools/wit-bindgen/bin/wit-bindgen"
+if [[ ! -x "$WIT_BINDGEN" ]] || [[ "$("$WIT_BINDGEN" --version)" != *" $WIT_BINDGEN_VERSION"* ]]; then
+    echo "tool   wit-bindgen $WIT_BINDGEN_VERSION (cargo install, C backend only)"
+    cargo install -q --locked --force wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" \
+        --no-default-features --features c --root "$ROOT/target/tools/wit-bindgen" ||
+        die "cargo install wit-bindgen-cli failed"
+fi
+HTTP_WIT="$(cargo metadata --format-version 1 --locked --manifest-path "$ROOT/Cargo.toml" |
+    python3 -c 'import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "wasmtime-wasi-http":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "wit"))')"
+[[ -d "$HTTP_WIT" ]] || die "the WIT of wasmtime-wasi-http was not found (cargo fetch?)"
+PROXY_WORLD="$(sed -n 's/^ *include \(wasi:http\/proxy@[0-9.]*\);/\1/p' "$HTTP_WIT/world.wit")"
+[[ -n "$PROXY_WORLD" ]] || die "no wasi:http/proxy world in $HTTP_WIT/world.wit"
+rm -rf "$OUT/bindings/proxy" && mkdir -p "$OUT/bindings/proxy"
+"$WIT_BINDGEN" c --world "$PROXY_WORLD" --out-dir "$OUT/bindings/proxy" "$HTTP_WIT" >/dev/null
+for src in http/*.c; do
+    name="$(basename "$src" .c)"
+    echo "p2     $OUT/p2/$name.wasm (wasi:http/proxy)"
+    "$CLANG" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -s \
+        -I "$OUT/bindings/proxy" -o "$OUT/core/$name.wasm" "$src" \
+        "$OUT/bindings/proxy/proxy.c" "$OUT/bindings/proxy/proxy_component_type.o"
+    "$CLI" componentize "$OUT/core/$name.wasm" --adapter proxy -o "$OUT/p2/$name.wasm" >/dev/null
+done
 
 # Broken inputs. component.wat is documentation only: wat2wasm cannot encode
 # components, so its binary form is written by hand below.

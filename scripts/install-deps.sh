@@ -22,6 +22,7 @@ PACKAGES=(
   util-linux
   python3-venv
   containernetworking-plugins
+  hey
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }

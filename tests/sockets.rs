@@ -15,16 +15,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use harness::cri::{attempt_log_lines, wait_log_line, Cri};
-use harness::{bind_mount, Containerd, CriOptions, RUNTIME};
+use harness::{bind_mount, in_netns, Containerd, CriOptions, RUNTIME};
 
 /// A one-line TCP server: answers each connection's first line with
 /// `pong: <line>` and closes it. Reports each line it got.
@@ -482,21 +481,6 @@ fn listening(netns: Option<&Path>, port: u16) -> Result<bool> {
         None => Ok(connect()),
         Some(path) => in_netns(path, connect),
     }
-}
-
-/// Runs `f` on a thread that entered the network namespace at `netns`.
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let ns = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
-    std::thread::spawn(move || -> Result<T> {
-        // SAFETY: setns(2) on a namespace file we hold; only this
-        // short-lived thread moves.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("setns thread panicked"))?
 }
 
 /// The network namespace of the shim's `netns-*` threads, if it has any.

@@ -774,3 +774,23 @@ pub fn processes_with_args(needles: &[&str]) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Runs `f` on a thread that entered the network namespace at `netns`
+/// (sockets it makes stay there).
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+    std::thread::spawn(move || -> Result<T> {
+        // SAFETY: setns(2) on a namespace file we hold; only this
+        // short-lived thread moves.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("setns thread panicked"))?
+}

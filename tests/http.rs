@@ -1,0 +1,468 @@
+//! HTTP functions: `wasi:http/proxy` components served by the shim, a fresh
+//! instance per request, with `examples/http/hello-http.c` (C, wit-bindgen's
+//! bindings, the preview 1 proxy adapter). Requests go to loopback, in the
+//! host's namespace (`ctr run --net-host`) or a pod's.
+//!
+//! - answers, per-request isolation, keep-alive, large bodies both ways,
+//!   repeated headers, 1000 requests at concurrency 50 (`hey`);
+//! - the guest's output in the task's stdout and stderr, whole lines;
+//! - a trap (500, with its backtrace on stderr), a spin (504), a wait past
+//!   the request timeout (504), a trap after the head (a cut-off body), the
+//!   memory limit, the concurrency cap (503): the service keeps serving;
+//! - SIGTERM drains and exits 0, or 143 when the drain runs out; SIGKILL
+//!   is 137; the port is free once the task stops;
+//! - a busy port, a malformed address, WAGI on a component: Start or Create
+//!   fails with a clear error and nothing is left behind;
+//! - a pod in its own network namespace serves on its 127.0.0.1:8080.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use harness::cri::{attempt_log_lines, Cri};
+use harness::{in_netns, Containerd, CriOptions, RUNTIME};
+
+const ADDR: &str = "WASMTIME_HTTP_PROXY_SOCKET_ADDR";
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+/// A status and a body (or the error reading the body).
+fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, Result<String, String>)> {
+    let mut response = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| e.to_string());
+    Ok((status, body))
+}
+
+/// `ctr run --rm --net-host` of the HTTP example, in the background, with
+/// its stdout and stderr gathered.
+struct Service {
+    child: Child,
+    id: String,
+    url: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Service {
+    fn start(cd: &Containerd, image: &str, id: &str, port: u16, options: &[&str]) -> Result<Self> {
+        let env = format!("{ADDR}=127.0.0.1:{port}");
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--net-host",
+            "--runtime",
+            RUNTIME,
+            "--env",
+            &env,
+        ];
+        args.extend_from_slice(options);
+        args.extend([image, id]);
+        let mut child = cd
+            .ctr_command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn ctr run")?;
+        let gather = |stream: Box<dyn Read + Send>| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let t = text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut t = t.lock().unwrap();
+                    t.push_str(&line);
+                    t.push('\n');
+                }
+            });
+            text
+        };
+        let stdout = gather(Box::new(child.stdout.take().context("stdout")?));
+        let stderr = gather(Box::new(child.stderr.take().context("stderr")?));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                let err = stderr.lock().unwrap().clone();
+                bail!("ctr run {id} ended ({status}) before the service listened: {err}");
+            }
+            ensure!(Instant::now() < deadline, "{id} never listened on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            child,
+            id: id.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            stdout,
+            stderr,
+        })
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` to the task and returns ctr's exit code (the task's).
+    fn stop(mut self, cd: &Containerd, signal: &str) -> Result<(i32, String, String)> {
+        cd.ctr(&["tasks", "kill", "-s", signal, &self.id])?.ok()?;
+        let code = harness::wait_exit(&mut self.child, Duration::from_secs(30))?
+            .context("ctr run did not end after the signal")?;
+        // Let the gathering threads see the end of both streams.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok((code, self.stdout(), self.stderr()))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_component_serves_each_request_in_a_fresh_instance() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-http-p2")?;
+    let port = free_port()?;
+    let svc = Service::start(&cd, &image, "web1", port, &[])?;
+    let agent = agent();
+
+    // A fresh instance per request: the guest's counter is 1 every time,
+    // over one kept-alive connection and over new ones.
+    for _ in 0..5 {
+        let (status, body) = get(&agent, &format!("{}/", svc.url))?;
+        assert_eq!(
+            (status, body.as_deref()),
+            (200, Ok("hello from wasm, request 1\n"))
+        );
+    }
+    assert_eq!(get(&agent, &format!("{}/nope", svc.url))?.0, 404);
+
+    // Bodies both ways: 3 MiB echoed, 8 MiB streamed in 64 KiB writes.
+    let sent: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    let mut echoed = agent
+        .post(&format!("{}/echo", svc.url))
+        .send(&sent[..])
+        .context("POST /echo")?;
+    assert_eq!(echoed.status().as_u16(), 200);
+    let back = echoed
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()?;
+    assert!(
+        back == sent,
+        "echoed {} bytes of {}",
+        back.len(),
+        sent.len()
+    );
+    let (status, big) = get(&agent, &format!("{}/big?n={}", svc.url, 8 << 20))?;
+    assert_eq!((status, big.map(|b| b.len())), (200, Ok(8 << 20)));
+
+    // Repeated headers stay repeated.
+    let response = agent.get(&format!("{}/header", svc.url)).call()?;
+    let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+
+    // The guest's output, whole lines, in the task's stdout and stderr,
+    // though it wrote each line in two pieces.
+    assert_eq!(get(&agent, &format!("{}/log", svc.url))?.0, 200);
+    harness::wait_until(Duration::from_secs(10), "the guest's log lines", || {
+        svc.stdout().contains("log: stdout line\n") && svc.stderr().contains("log: stderr line\n")
+    })?;
+
+    // 1000 requests at concurrency 50, all answered 200.
+    let hey = harness::cmd::run(
+        {
+            let mut c = Command::new("hey");
+            c.args([
+                "-n",
+                "1000",
+                "-c",
+                "50",
+                "-t",
+                "30",
+                &format!("{}/", svc.url),
+            ]);
+            c
+        },
+        Duration::from_secs(120),
+    )?;
+    ensure!(hey.success(), "hey failed: {}", hey.stderr);
+    assert!(
+        hey.stdout.contains("[200]\t1000 responses"),
+        "hey: {}",
+        hey.stdout
+    );
+
+    // SIGTERM: a clean drain, exit 0, and the port is free at once.
+    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+    assert_eq!(code, 0, "{stderr}");
+    TcpListener::bind(("127.0.0.1", port)).context("the port is still taken")?;
+    cd.assert_clean()
+}
+
+#[test]
+fn failures_are_answered_and_the_service_keeps_serving() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-http-p2")?;
+    let port = free_port()?;
+    let svc = Service::start(
+        &cd,
+        &image,
+        "web2",
+        port,
+        &[
+            "--memory-limit",
+            &(32u64 << 20).to_string(),
+            "--env",
+            "WASMTIME_HTTP_EXECUTION_TIMEOUT=500ms",
+            "--env",
+            "WASMTIME_HTTP_REQUEST_TIMEOUT=2s",
+            "--env",
+            "WASMTIME_HTTP_MAX_CONCURRENCY=3",
+        ],
+    )?;
+    let agent = agent();
+    let ok = |agent: &ureq::Agent| -> Result<()> {
+        let (status, body) = get(agent, &format!("{}/", svc.url))?;
+        ensure!(
+            status == 200 && body.is_ok(),
+            "after a failure: {status} {body:?}"
+        );
+        Ok(())
+    };
+
+    // A trap before the response: 500, the trap and its backtrace on stderr.
+    assert_eq!(get(&agent, &format!("{}/trap", svc.url))?.0, 500);
+    ok(&agent)?;
+    harness::wait_until(Duration::from_secs(10), "the trap on stderr", || {
+        let e = svc.stderr();
+        e.contains("about to trap")
+            && e.contains("failed serving GET /trap")
+            && e.contains("wasm backtrace")
+    })?;
+
+    // A spinning guest is stopped by its execution budget: 504.
+    let started = Instant::now();
+    assert_eq!(get(&agent, &format!("{}/spin", svc.url))?.0, 504);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    ok(&agent)?;
+
+    // A guest that waits past the request timeout: 504.
+    assert_eq!(get(&agent, &format!("{}/sleep?ms=10000", svc.url))?.0, 504);
+    ok(&agent)?;
+
+    // A trap after the head went out: the client sees a cut-off body, not
+    // a complete one.
+    let (status, body) = get(&agent, &format!("{}/trap-late", svc.url))?;
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "a complete body after a trap: {body:?}");
+    ok(&agent)?;
+
+    // The memory limit: 40 MiB is more than the container's 32 MiB; the
+    // guest's allocation fails, and 8 MiB still works afterwards.
+    let (status, _) = get(&agent, &format!("{}/alloc?mb=40", svc.url))?;
+    assert!(status == 507 || status == 500, "{status}");
+    assert_eq!(get(&agent, &format!("{}/alloc?mb=8", svc.url))?.0, 200);
+
+    // The concurrency cap: of 5 requests at once, the ones past 3 get 503.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..5)
+            .map(|_| {
+                s.spawn(|| get(&self::agent(), &format!("{}/sleep?ms=1000", svc.url)).map(|r| r.0))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap_or(0))
+            .collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    ok(&agent)?;
+
+    let (code, _, stderr) = svc.stop(&cd, "SIGKILL")?;
+    assert_eq!(code, 137, "{stderr}");
+    TcpListener::bind(("127.0.0.1", port)).context("the port is still taken")?;
+    cd.assert_clean()
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-http-p2")?;
+
+    // A request in flight finishes; new connections are refused.
+    let port = free_port()?;
+    let svc = Service::start(&cd, &image, "web3", port, &[])?;
+    let url = format!("{}/sleep?ms=1500", svc.url);
+    let in_flight = std::thread::spawn(move || get(&agent(), &url));
+    std::thread::sleep(Duration::from_millis(300));
+    cd.ctr(&["tasks", "kill", "-s", "SIGTERM", "web3"])?.ok()?;
+    harness::wait_until(Duration::from_secs(5), "the listener to close", || {
+        TcpStream::connect(("127.0.0.1", port)).is_err()
+    })?;
+    let (status, body) = in_flight.join().unwrap()?;
+    assert_eq!((status, body.as_deref()), (200, Ok("slept\n")));
+    let (code, _, stderr) = svc.stop_after_signal()?;
+    assert_eq!(code, 0, "{stderr}");
+
+    // A drain that runs out of time: 143.
+    let port = free_port()?;
+    let svc = Service::start(
+        &cd,
+        &image,
+        "web4",
+        port,
+        &["--env", "WASMTIME_HTTP_DRAIN_TIMEOUT=300ms"],
+    )?;
+    let url = format!("{}/sleep?ms=20000", svc.url);
+    let in_flight = std::thread::spawn(move || get(&agent(), &url));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+    assert_eq!(code, 143, "{stderr}");
+    assert!(stderr.contains("cut off"), "{stderr}");
+    let cut = in_flight.join().unwrap();
+    assert!(!matches!(cut, Ok((200, Ok(_)))), "{cut:?}");
+    TcpListener::bind(("127.0.0.1", port)).context("the port is still taken")?;
+    cd.assert_clean()
+}
+
+impl Service {
+    /// Waits for a task that was signalled from outside to end.
+    fn stop_after_signal(mut self) -> Result<(i32, String, String)> {
+        let code = harness::wait_exit(&mut self.child, Duration::from_secs(30))?
+            .context("ctr run did not end")?;
+        std::thread::sleep(Duration::from_millis(100));
+        Ok((code, self.stdout(), self.stderr()))
+    }
+}
+
+#[test]
+fn bad_addresses_fail_with_clear_errors() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-http-p2")?;
+
+    // A busy port fails Start, naming the address.
+    let busy = TcpListener::bind("127.0.0.1:0")?;
+    let addr: SocketAddr = busy.local_addr()?;
+    let env = format!("{ADDR}={addr}");
+    let out = cd.run_rm_with(&["--net-host", "--env", &env], &image, "busy", &[])?;
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains(&format!("cannot listen on {addr}")),
+        "{}",
+        out.stderr
+    );
+
+    // Malformed settings name their variable.
+    for (env, says) in [
+        (format!("{ADDR}=localhost:80"), ADDR),
+        (
+            "WASMTIME_HTTP_REQUEST_TIMEOUT=10".to_string(),
+            "WASMTIME_HTTP_REQUEST_TIMEOUT",
+        ),
+        ("WASMTIME_WAGI=1".to_string(), "WAGI"),
+    ] {
+        let out = cd.run_rm_with(&["--net-host", "--env", &env], &image, "bad", &[])?;
+        assert!(!out.success());
+        assert!(out.stderr.contains(says), "{env}: {}", out.stderr);
+    }
+    cd.assert_clean()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_serves_in_its_own_network_namespace() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cd = Containerd::start_cri(&CriOptions {
+        pod_network: true,
+        ..Default::default()
+    })?;
+    let image = cd.import("hello-http-p2")?;
+    let mut cri = Cri::connect(&cd.socket).await?;
+    let pod = cri
+        .run_pod_with_network("http-pod", &tmp.path().join("logs"), "wasmtime")
+        .await?;
+    let pause = cri.sandbox_pid(&pod).await?;
+    let netns = PathBuf::from(format!("/proc/{pause}/ns/net"));
+    let id = cri.start_container(&pod, "web", &image, &[]).await?;
+
+    // Served on the pod's loopback, port 8080 (the default), from inside
+    // the pod's namespace; not on the host's.
+    let answered = wait_in_pod(&netns, "/").await?;
+    assert_eq!(
+        answered,
+        (200, Ok("hello from wasm, request 1\n".to_string()))
+    );
+    let log = in_pod(&netns, "/log").await?;
+    assert_eq!(log.0, 200);
+    harness::wait_until(
+        Duration::from_secs(10),
+        "the guest's log in the pod's log",
+        || {
+            attempt_log_lines(&pod, "web", 0)
+                .unwrap_or_default()
+                .iter()
+                .any(|l| l.ends_with("log: stdout line"))
+        },
+    )?;
+
+    // The kubelet's graceful stop: SIGTERM, a clean drain, exit 0.
+    cri.stop_container(&id, 10).await?;
+    assert_eq!(cri.status(&id).await?.exit_code, 0);
+    cri.remove_container(&id).await?;
+    cri.remove_pod(&pod).await?;
+    cd.assert_clean()
+}
+
+async fn in_pod(netns: &Path, path: &str) -> Result<(u16, Result<String, String>)> {
+    let url = format!("http://127.0.0.1:8080{path}");
+    let netns = netns.to_path_buf();
+    tokio::task::spawn_blocking(move || in_netns(&netns, move || get(&agent(), &url))).await??
+}
+
+async fn wait_in_pod(netns: &Path, path: &str) -> Result<(u16, Result<String, String>)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match in_pod(netns, path).await {
+            Ok(answer) => return Ok(answer),
+            Err(err) if Instant::now() > deadline => return Err(err),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
