@@ -335,6 +335,8 @@ pub struct Guest {
     /// What the container's environment set for serving HTTP (and for
     /// outgoing requests); those variables are not in `env`.
     pub http: HttpSettings,
+    /// Whether the task serves HTTP (see `Linked::serves`).
+    pub serves: bool,
 }
 
 /// What a guest with sockets gets, as a process in its container would.
@@ -358,6 +360,7 @@ impl Guest {
         stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
         stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         stderr: impl tokio::io::AsyncWrite + Send + Sync + 'static,
+        extra_env: Vec<(String, String)>,
     ) -> Result<WasiP1Ctx> {
         let mut b = WasiCtxBuilder::new();
         // WASI preview 1 writes to these with write-and-flush: a guest's
@@ -376,8 +379,13 @@ impl Guest {
                 Box::pin(std::future::ready(privileged || !(bind && low)))
             });
         }
+        // Variables a request adds (WAGI's) never replace the container's.
+        let extra = extra_env
+            .into_iter()
+            .filter(|(name, _)| !self.env.iter().any(|(n, _)| n == name));
         b.args(&self.args)
             .envs(&self.env)
+            .envs(&extra.collect::<Vec<_>>())
             .initial_cwd(&self.cwd)
             .stdin(AsyncStdinStream::new(stdin))
             .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, stdout))
@@ -405,15 +413,17 @@ impl Guest {
 
     /// A store for one instance of the guest, with its own WASI context on
     /// the given streams, the task's limits, and for an instance that
-    /// serves one request, its execution budget.
-    pub fn store(
+    /// serves one request, its execution budget and the variables the
+    /// request adds to the container's env.
+    pub fn store_with_env(
         &self,
         stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
         stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         stderr: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         budget: Option<Budget>,
+        extra_env: Vec<(String, String)>,
     ) -> Result<Store<GuestState>> {
-        let wasi = self.wasi(stdin, stdout, stderr)?;
+        let wasi = self.wasi(stdin, stdout, stderr, extra_env)?;
         let limiter = Limiter {
             limits: self.limits.clone(),
             total: 0,
@@ -453,7 +463,7 @@ impl Guest {
     /// Instantiates the guest and returns the future that runs its entry
     /// point to its end.
     pub async fn run_once(self, io: GuestIo) -> Result<Running> {
-        let mut store = self.store(io.stdin, io.stdout, io.stderr, None)?;
+        let mut store = self.store_with_env(io.stdin, io.stdout, io.stderr, None, Vec::new())?;
         let path = self.module_path;
         let entry = self
             .linked

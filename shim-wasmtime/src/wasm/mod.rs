@@ -182,7 +182,8 @@ impl Runtime for WasmtimeRuntime {
             .await
             .with_context(|| format!("module {module_path}"))?;
         let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
-        let sockets = match linked.uses_sockets() {
+        let serves = linked.serves(&http)?;
+        let sockets = match linked.uses_sockets() || serves {
             true => Some(self.sockets(task).await?),
             false => None,
         };
@@ -205,6 +206,7 @@ impl Runtime for WasmtimeRuntime {
             usage,
             sockets,
             http,
+            serves,
         })))
     }
 }
@@ -214,7 +216,7 @@ struct WasmPrepared(Guest);
 #[async_trait]
 impl Prepared for WasmPrepared {
     fn stops_gracefully(&self) -> bool {
-        self.0.linked.stops_gracefully()
+        self.0.serves
     }
 
     fn namespace(&self) -> Option<Arc<crate::lifecycle::netns::Namespace>> {

@@ -7,7 +7,7 @@
 //!
 //! | file | kind | entry point |
 //! |---|---|---|
-//! | `p1.rs` | WASI preview 1 core module | `_start` |
+//! | `p1.rs` | WASI preview 1 core module | `_start`; with `WASMTIME_WAGI=1`, per request (`wagi.rs`) |
 //! | `command.rs` | WASI preview 2 command component | `wasi:cli/run.run` |
 //! | `proxy.rs` | `wasi:http/proxy` component (a service) | `wasi:http/incoming-handler.handle`, per request |
 //!
@@ -19,6 +19,8 @@
 mod command;
 mod p1;
 mod proxy;
+mod serve;
+mod wagi;
 
 use std::sync::{Arc, OnceLock};
 
@@ -30,6 +32,7 @@ use super::cache::{Artifact, DiskCache};
 use super::engine::Digest32;
 use super::instance::{Guest, GuestState};
 use super::module::Format;
+use crate::http::settings::Settings as HttpSettings;
 use crate::lifecycle::{GuestIo, Running};
 
 /// What compiling and linking need: one per shim.
@@ -82,10 +85,20 @@ pub trait Linked: Send + Sync {
     fn uses_sockets(&self) -> bool {
         false
     }
-    /// Whether SIGTERM and SIGINT ask a task of this guest to finish
-    /// (a service drains its requests) rather than stop it at once.
-    fn stops_gracefully(&self) -> bool {
-        false
+    /// Whether a task of this guest serves HTTP, given what the container's
+    /// env asks (`WASMTIME_WAGI`). A service listens in its container's
+    /// network namespace, and SIGTERM and SIGINT ask it to drain its
+    /// requests rather than stop it at once. An error: the env asks for
+    /// what this kind cannot do.
+    fn serves(&self, settings: &HttpSettings) -> Result<bool> {
+        if settings.wagi {
+            bail!(
+                "WASMTIME_WAGI=1 serves a WASI preview 1 module the WAGI way; this is a {}: \
+                 remove the variable",
+                self.kind()
+            );
+        }
+        Ok(false)
     }
     /// Starts a task of this guest. Most kinds instantiate it once and run
     /// its entry point to its end; a kind that serves requests overrides

@@ -1,5 +1,6 @@
 //! WASI preview 1 core modules: linked against `wasi_snapshot_preview1`,
-//! run by calling their `_start` export.
+//! run by calling their `_start` export: once, or, with `WASMTIME_WAGI=1`,
+//! once per HTTP request (`wagi.rs`).
 
 use std::sync::Arc;
 
@@ -8,8 +9,10 @@ use async_trait::async_trait;
 use wasmtime::{InstancePre, Module, Store, TypedFunc};
 
 use super::{compile, Entry, Kind, Linked, Toolbox};
+use crate::http::settings::Settings as HttpSettings;
+use crate::lifecycle::{GuestIo, Running};
 use crate::wasm::engine::Digest32;
-use crate::wasm::instance::GuestState;
+use crate::wasm::instance::{Guest, GuestState};
 
 pub struct P1Module;
 
@@ -35,6 +38,19 @@ struct LinkedModule(InstancePre<GuestState>);
 impl Linked for LinkedModule {
     fn kind(&self) -> &'static str {
         P1Module.name()
+    }
+
+    /// With `WASMTIME_WAGI=1`, the module serves HTTP the WAGI way.
+    fn serves(&self, settings: &HttpSettings) -> Result<bool> {
+        Ok(settings.wagi)
+    }
+
+    async fn start(self: Arc<Self>, guest: Guest, io: GuestIo) -> Result<Running> {
+        if guest.http.wagi {
+            super::wagi::start(self, guest, io).await
+        } else {
+            guest.run_once(io).await
+        }
     }
 
     async fn instantiate(&self, store: &mut Store<GuestState>) -> Result<Box<dyn Entry>> {
