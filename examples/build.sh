@@ -5,10 +5,12 @@
 #   $OUT/p2/*.wasm      the same programs as preview 2 command components
 #   $OUT/p2/net.wasm    sockets/net.c: a component that uses wasi:sockets
 #   $OUT/p2/hello-http.wasm  http/hello-http.c: a wasi:http/proxy component
+#   $OUT/p2/hello-py.wasm  http-py/app.py: the same, in Python (componentize-py)
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
-# Every run rebuilds everything and produces the same bytes.
+# Every run rebuilds everything and produces the same bytes, but for
+# hello-py.wasm (its interpreter snapshot holds a random hash seed).
 #
 # Needs (Debian): clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 wabt gcc libc6-dev;
 # and the Rust toolchain, for oci-artifact (componentize) and wit-bindgen (C
@@ -115,6 +117,28 @@ for src in http/*.c; do
         "$OUT/bindings/proxy/proxy.c" "$OUT/bindings/proxy/proxy_component_type.o"
     "$CLI" componentize "$OUT/core/$name.wasm" --adapter proxy -o "$OUT/p2/$name.wasm" >/dev/null
 done
+
+# An HTTP function in Python, against the same proxy world: componentize-py
+# (PyPI, pinned, in a venv under target/tools on first use) bundles CPython,
+# pre-initialized with the app imported, into one component of about 18 MB.
+# Its bytes differ from run to run (the interpreter's snapshot holds a random
+# hash seed). Built from a copy in $OUT, as the interpreter writes __pycache__
+# beside the app.
+COMPONENTIZE_PY_VERSION=0.25.1
+COMPONENTIZE_PY_VENV="$ROOT/target/tools/componentize-py"
+COMPONENTIZE_PY="$COMPONENTIZE_PY_VENV/bin/componentize-py"
+if [[ ! -x "$COMPONENTIZE_PY" ]] ||
+    [[ "$("$COMPONENTIZE_PY" --version 2>/dev/null)" != "componentize-py $COMPONENTIZE_PY_VERSION" ]]; then
+    echo "tool   componentize-py $COMPONENTIZE_PY_VERSION (pip, in a venv)"
+    rm -rf "$COMPONENTIZE_PY_VENV"
+    python3 -m venv "$COMPONENTIZE_PY_VENV" || die "python3 -m venv failed: apt-get install -y python3-venv"
+    "$COMPONENTIZE_PY_VENV/bin/pip" install -q "componentize-py==$COMPONENTIZE_PY_VERSION" </dev/null ||
+        die "pip install componentize-py==$COMPONENTIZE_PY_VERSION failed"
+fi
+rm -rf "$OUT/py" && mkdir -p "$OUT/py" && cp http-py/app.py "$OUT/py/"
+echo "p2     $OUT/p2/hello-py.wasm (componentize-py)"
+"$COMPONENTIZE_PY" -q -d "$HTTP_WIT" -w "$PROXY_WORLD" componentize -p "$OUT/py" app -o "$OUT/p2/hello-py.wasm" ||
+    die "componentize-py could not build http-py/app.py"
 
 # Broken inputs. component.wat is documentation only: wat2wasm cannot encode
 # components, so its binary form is written by hand below.

@@ -13,7 +13,12 @@
 //!   is 137; the port is free once the task stops;
 //! - a busy port, a malformed address, WAGI on a component: Start or Create
 //!   fails with a clear error and nothing is left behind;
-//! - a pod in its own network namespace serves on its 127.0.0.1:8080.
+//! - a pod in its own network namespace serves on its 127.0.0.1:8080;
+//! - a componentize-py component (`examples/http-py/app.py`) sees the
+//!   container's env, args and files, but not the shim's variables;
+//! - WAGI (`examples/wagi/wagi.c`, a preview 1 module): CGI variables,
+//!   headers, body, status, location, repeated headers, httpoxy, output
+//!   without headers and a failed exit answered 500.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -35,6 +40,7 @@ fn free_port() -> Result<u16> {
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_redirects(0)
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .new_agent()
@@ -68,6 +74,17 @@ struct Service {
 
 impl Service {
     fn start(cd: &Containerd, image: &str, id: &str, port: u16, options: &[&str]) -> Result<Self> {
+        Self::start_with_args(cd, image, id, port, options, &[])
+    }
+
+    fn start_with_args(
+        cd: &Containerd,
+        image: &str,
+        id: &str,
+        port: u16,
+        options: &[&str],
+        command: &[&str],
+    ) -> Result<Self> {
         let env = format!("{ADDR}=127.0.0.1:{port}");
         let mut args = vec![
             "run",
@@ -80,6 +97,7 @@ impl Service {
         ];
         args.extend_from_slice(options);
         args.extend([image, id]);
+        args.extend_from_slice(command);
         let mut child = cd
             .ctr_command(&args)
             .stdout(Stdio::piped())
@@ -100,7 +118,8 @@ impl Service {
         };
         let stdout = gather(Box::new(child.stdout.take().context("stdout")?));
         let stderr = gather(Box::new(child.stderr.take().context("stderr")?));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // An 18 MB component compiles for seconds on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = child.try_wait()? {
                 std::thread::sleep(Duration::from_millis(100));
@@ -465,4 +484,163 @@ async fn wait_in_pod(netns: &Path, path: &str) -> Result<(u16, Result<String, St
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// A header a test sends twice, as `name: value` lines.
+fn get_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    let mut request = agent().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call()?;
+    Ok((
+        response.status().as_u16(),
+        response.body_mut().read_to_string()?,
+    ))
+}
+
+#[test]
+fn wagi_serves_a_preview1_module_per_request() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("wagi")?;
+    let port = free_port()?;
+    let svc = Service::start(
+        &cd,
+        &image,
+        "wagi1",
+        port,
+        &[
+            "--env",
+            "WASMTIME_WAGI=1",
+            "--env",
+            "GREETING=from the container",
+            "--env",
+            "SERVER_NAME=configured.example",
+        ],
+    )?;
+    let url = |path: &str| format!("{}{path}", svc.url);
+
+    // CGI variables; the container's own win; httpoxy; a fresh instance.
+    for _ in 0..2 {
+        let (status, body) = get_with_headers(
+            &url("/env?x=1&y=%20"),
+            &[
+                ("x-test", "a"),
+                ("x-test", "b"),
+                ("proxy", "http://evil.example:1"),
+            ],
+        )?;
+        assert_eq!(status, 200, "{body}");
+        let port_line = format!("SERVER_PORT={port}\n");
+        for line in [
+            "REQUEST_METHOD=GET\n",
+            "PATH_INFO=/env\n",
+            "QUERY_STRING=x=1&y=%20\n",
+            "SCRIPT_NAME=\n",
+            "SERVER_NAME=configured.example\n",
+            port_line.as_str(),
+            "SERVER_PROTOCOL=HTTP/1.1\n",
+            "REMOTE_ADDR=127.0.0.1\n",
+            "CONTENT_LENGTH=0\n",
+            "HTTP_X_TEST=a, b\n",
+            "HTTP_PROXY=(unset)\n",
+            "GREETING=from the container\n",
+            "WASMTIME_WAGI=(unset)\n",
+            "requests=1\n",
+        ] {
+            assert!(body.contains(line), "{line:?} missing from:\n{body}");
+        }
+    }
+    // PATH_INFO is decoded.
+    let (_, body) = get_with_headers(&url("/a%20b"), &[])?;
+    assert_eq!(body, "hello from wagi\n");
+
+    // The body on stdin, then end-of-file; CRLF headers.
+    let sent: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    let mut echoed = agent().post(&url("/echo")).send(&sent[..])?;
+    assert_eq!(echoed.status().as_u16(), 200);
+    assert!(
+        echoed
+            .body_mut()
+            .with_config()
+            .limit(8 << 20)
+            .read_to_vec()?
+            == sent
+    );
+
+    // Status, Location (302 without a status), repeated headers.
+    assert_eq!(
+        get(&agent(), &url("/status"))?,
+        (418, Ok("teapot\n".into()))
+    );
+    let redirect = agent().get(&url("/redirect")).call()?;
+    assert_eq!(redirect.status().as_u16(), 302);
+    assert_eq!(redirect.headers()["location"], "/elsewhere");
+    let cookies = agent().get(&url("/cookies")).call()?;
+    let cookies: Vec<_> = cookies.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+
+    // Output without a header block, and a failed exit: 500, said on stderr.
+    assert_eq!(get(&agent(), &url("/noheaders"))?.0, 500);
+    assert_eq!(get(&agent(), &url("/fail"))?.0, 500);
+    assert_eq!(get(&agent(), &url("/log"))?.0, 200);
+    harness::wait_until(Duration::from_secs(10), "the WAGI errors on stderr", || {
+        let e = svc.stderr();
+        e.contains("no header block")
+            && e.contains("exited with status 3")
+            && e.contains("wagi: stderr line\n")
+    })?;
+    assert_eq!(
+        get(&agent(), &url("/"))?,
+        (200, Ok("hello from wagi\n".into()))
+    );
+
+    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+    assert_eq!(code, 0, "{stderr}");
+    cd.assert_clean()
+}
+
+#[test]
+fn a_python_component_sees_the_containers_env_args_and_files() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("note.txt"), "a note from the host\n")?;
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-py-p2")?;
+    let port = free_port()?;
+    let mount = harness::bind_mount(tmp.path(), "/data", true);
+    let svc = Service::start_with_args(
+        &cd,
+        &image,
+        "py1",
+        port,
+        &["--env", "GREETING=hi there", "--mount", &mount],
+        &["/hello-py.wasm", "one", "two"],
+    )?;
+    let url = |path: &str| format!("{}{path}", svc.url);
+    for _ in 0..2 {
+        assert_eq!(
+            get(&agent(), &url("/"))?,
+            (200, Ok("hello from python, request 1\n".into()))
+        );
+    }
+    assert_eq!(
+        get(&agent(), &url("/env?name=GREETING"))?,
+        (200, Ok("hi there".into()))
+    );
+    assert_eq!(get(&agent(), &url(&format!("/env?name={ADDR}")))?.0, 404);
+    assert_eq!(
+        get(&agent(), &url("/args"))?,
+        (200, Ok("/hello-py.wasm one two".into()))
+    );
+    assert_eq!(
+        get(&agent(), &url("/file?path=/data/note.txt"))?,
+        (200, Ok("a note from the host\n".into()))
+    );
+    assert_eq!(get(&agent(), &url("/print"))?.0, 200);
+    harness::wait_until(Duration::from_secs(10), "the Python guest's output", || {
+        svc.stdout().contains("py: stdout line\n") && svc.stderr().contains("py: stderr line\n")
+    })?;
+    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+    assert_eq!(code, 0, "{stderr}");
+    cd.assert_clean()
 }
