@@ -72,6 +72,12 @@ fn state_dir_of_bundle(bundle: &std::path::Path) -> Option<PathBuf> {
         .then(|| tasks.parent().map(PathBuf::from))?
 }
 
+/// Bytes of a freed memory or table slot that are zeroed in place rather
+/// than returned to the kernel.
+const KEEP_RESIDENT: usize = 256 << 10;
+/// Freed slots returned to the kernel per batch.
+const DECOMMIT_BATCH: usize = 16;
+
 /// How often the epoch advances: the longest a guest runs without yielding.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -121,9 +127,9 @@ impl WasmEngine {
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(8)
-            // Returns a freed slot's pages to the kernel, so an idle shim
-            // keeps no guest memory resident.
-            .linear_memory_keep_resident(0);
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .decommit_batch_size(DECOMMIT_BATCH);
         let pooled = config
             .clone()
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
