@@ -9,6 +9,7 @@
 #   $OUT/bad/*.wasm     broken or hostile inputs for error-path tests
 #   $OUT/native/hello   hello.c as a static Linux binary (runc comparison)
 #   $OUT/native/pause   native/pause.c, a pod sandbox program (static Linux)
+#   $OUT/native/wagi-cgi  wagi/wagi.c as a static Linux CGI program (benchmark)
 # Every run rebuilds everything and produces the same bytes, but for
 # hello-py.wasm (its interpreter snapshot holds a random hash seed).
 #
@@ -158,6 +159,10 @@ printf '\0asm\x0d\x00\x01\x00' >"$OUT/bad/component.wasm"
 # not depend on where the checkout lives.
 echo "native $OUT/native/hello"
 "$CC" -O2 -Wall -Wextra -static -s -o "$OUT/native/hello" hello/hello.c
+# The WAGI example as a Linux program, for busybox httpd's cgi-bin in the
+# benchmark: the container way to answer one request per process.
+echo "native $OUT/native/wagi-cgi"
+"$CC" -O2 -Wall -Wextra -static -s -o "$OUT/native/wagi-cgi" wagi/wagi.c
 # A pod sandbox ("pause") program: Linux containers beside wasm ones.
 echo "native $OUT/native/pause"
 "$CC" -O2 -Wall -Wextra -static -s -o "$OUT/native/pause" native/pause.c

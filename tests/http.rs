@@ -580,6 +580,18 @@ fn wagi_serves_a_preview1_module_per_request() -> Result<()> {
     let cookies: Vec<_> = cookies.headers().get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
 
+    // The program's own framing headers are dropped: the whole body arrives,
+    // and the kept-alive connection still works.
+    let framed = agent();
+    assert_eq!(
+        get(&framed, &url("/framing"))?,
+        (200, Ok("longer body\n".into()))
+    );
+    assert_eq!(
+        get(&framed, &url("/"))?,
+        (200, Ok("hello from wagi\n".into()))
+    );
+
     // Output without a header block, and a failed exit: 500, said on stderr.
     assert_eq!(get(&agent(), &url("/noheaders"))?.0, 500);
     assert_eq!(get(&agent(), &url("/fail"))?.0, 500);

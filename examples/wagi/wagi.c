@@ -12,6 +12,8 @@
 //   /redirect  a Location header, no status: 302
 //   /cookies   two Set-Cookie headers
 //   /log       writes "wagi: stderr line" to stderr
+//   /framing   claims a content-length of 1 for a longer body (the shim
+//              frames the response itself)
 //   /noheaders output without a header block (the shim answers 500)
 //   /fail      exits with status 3 (the shim answers 500)
 //   other      200 "hello from wagi"
@@ -53,6 +55,8 @@ int main(void) {
     } else if (strcmp(path, "/log") == 0) {
         fprintf(stderr, "wagi: stderr line\n");
         printf("content-type: text/plain\n\nlogged\n");
+    } else if (strcmp(path, "/framing") == 0) {
+        printf("content-type: text/plain\ncontent-length: 1\nconnection: close\n\nlonger body\n");
     } else if (strcmp(path, "/noheaders") == 0) {
         printf("just text, no header block");
     } else if (strcmp(path, "/fail") == 0) {

@@ -12,6 +12,8 @@
 //! Out: header lines up to the first blank line (LF or CRLF), then the
 //! body. `status:` sets the code; `location:` without a status redirects
 //! (302); repeated headers are kept; without `content-type` none is set.
+//! Framing and connection headers (`content-length`, `transfer-encoding`,
+//! `connection`, ...) are the server's and are dropped.
 
 use std::net::SocketAddr;
 
@@ -19,18 +21,39 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
+/// Headers about the connection and the message's framing, which the
+/// server sets: a program's own are dropped.
+const FRAMING: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Why a request cannot be made CGI variables.
+#[derive(Debug)]
+pub struct BadPath;
+
 /// The CGI variables for a request. `local` is where the request arrived.
 pub fn variables(
     head: &http::request::Parts,
-    body_len: usize,
+    content_length: Option<u64>,
     remote: SocketAddr,
     local: SocketAddr,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, BadPath> {
     let uri = &head.uri;
     let path = uri.path();
     let decoded = percent_encoding::percent_decode_str(path)
         .decode_utf8_lossy()
         .into_owned();
+    // A NUL would silently cut the variable short for the program.
+    if decoded.contains('\0') {
+        return Err(BadPath);
+    }
     let host = head
         .headers
         .get(http::header::HOST)
@@ -46,14 +69,17 @@ pub fn variables(
     };
     let mut vars = vec![
         ("AUTH_TYPE".into(), String::new()),
-        ("CONTENT_LENGTH".into(), body_len.to_string()),
+        (
+            "CONTENT_LENGTH".into(),
+            content_length.map(|n| n.to_string()).unwrap_or_default(),
+        ),
         ("CONTENT_TYPE".into(), header(http::header::CONTENT_TYPE)),
         ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
         ("PATH_INFO".into(), decoded.clone()),
         ("PATH_TRANSLATED".into(), decoded),
         ("QUERY_STRING".into(), uri.query().unwrap_or("").to_string()),
-        ("REMOTE_ADDR".into(), remote.ip().to_string()),
-        ("REMOTE_HOST".into(), remote.ip().to_string()),
+        ("REMOTE_ADDR".into(), remote.ip().to_canonical().to_string()),
+        ("REMOTE_HOST".into(), remote.ip().to_canonical().to_string()),
         ("REMOTE_USER".into(), String::new()),
         ("REQUEST_METHOD".into(), head.method.to_string()),
         ("SCRIPT_NAME".into(), String::new()),
@@ -71,10 +97,13 @@ pub fn variables(
         if name == http::header::CONTENT_TYPE
             || name == http::header::CONTENT_LENGTH
             || name.as_str() == "proxy"
+            // `X_User` would pose as `X-User` (both HTTP_X_USER), which a
+            // front proxy may strip: such names are dropped, as Apache and
+            // nginx do.
             || !name
                 .as_str()
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             continue;
         }
@@ -88,20 +117,25 @@ pub fn variables(
             "HTTP_{}",
             name.as_str().to_ascii_uppercase().replace('-', "_")
         );
-        headers.push((var, values.join(", ")));
+        let separator = if name == http::header::COOKIE {
+            "; "
+        } else {
+            ", "
+        };
+        headers.push((var, values.join(separator)));
     }
     vars.extend(headers);
-    vars
+    Ok(vars)
 }
 
 /// The response a CGI program's output makes.
-pub fn response(output: &[u8]) -> Result<http::Response<Bytes>> {
-    let (head, body) = split_head(output).context(
+pub fn response(output: Bytes) -> Result<http::Response<Bytes>> {
+    let (head, body) = split_head(&output).context(
         "the program's output has no header block: CGI output starts with headers \
          (at least content-type), then a blank line, then the body",
     )?;
-    let head = std::str::from_utf8(head).context("the header block is not UTF-8")?;
-    let mut response = http::Response::new(Bytes::copy_from_slice(body));
+    let head = std::str::from_utf8(&output[..head]).context("the header block is not UTF-8")?;
+    let mut response = http::Response::new(output.slice(body..));
     let mut status = None;
     let mut location = false;
     for line in head.lines() {
@@ -115,7 +149,7 @@ pub fn response(output: &[u8]) -> Result<http::Response<Bytes>> {
             status = Some(
                 code.parse::<u16>()
                     .ok()
-                    .filter(|c| (100..600).contains(c))
+                    .filter(|c| (200..600).contains(c))
                     .and_then(|c| StatusCode::from_u16(c).ok())
                     .with_context(|| format!("status {value:?} is not an HTTP status code"))?,
             );
@@ -123,6 +157,11 @@ pub fn response(output: &[u8]) -> Result<http::Response<Bytes>> {
         }
         if name.eq_ignore_ascii_case("location") {
             location = true;
+        }
+        // The shim frames the response itself: a program's length or
+        // connection headers would desynchronise the connection.
+        if FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            continue;
         }
         let name = HeaderName::from_bytes(name.as_bytes())
             .with_context(|| format!("{name:?} is not a header name"))?;
@@ -138,14 +177,15 @@ pub fn response(output: &[u8]) -> Result<http::Response<Bytes>> {
     Ok(response)
 }
 
-/// Splits at the first blank line, LF or CRLF.
-fn split_head(output: &[u8]) -> Option<(&[u8], &[u8])> {
+/// Where the head ends and the body begins: at the first blank line, LF
+/// or CRLF.
+fn split_head(output: &[u8]) -> Option<(usize, usize)> {
     let mut start = 0;
     while start < output.len() {
         let end = output[start..].iter().position(|b| *b == b'\n')? + start;
         let line = &output[start..end];
         if line.is_empty() || line == b"\r" {
-            return Some((&output[..start], &output[end + 1..]));
+            return Some((start, end + 1));
         }
         start = end + 1;
     }
@@ -180,14 +220,18 @@ mod tests {
                 ("x-thing", "one"),
                 ("x-thing", "two"),
                 ("proxy", "http://evil:1"),
+                ("x_thing", "spoofed"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
             ],
         );
         let vars = variables(
             &head,
-            5,
+            Some(5),
             "10.0.0.9:5555".parse().unwrap(),
             "127.0.0.1:8080".parse().unwrap(),
-        );
+        )
+        .unwrap();
         assert_eq!(get(&vars, "PATH_INFO"), Some("/a b/c"));
         assert_eq!(get(&vars, "X_RAW_PATH_INFO"), Some("/a%20b/c"));
         assert_eq!(get(&vars, "QUERY_STRING"), Some("x=1&y=2"));
@@ -200,27 +244,49 @@ mod tests {
         assert_eq!(get(&vars, "CONTENT_LENGTH"), Some("5"));
         assert_eq!(get(&vars, "SCRIPT_NAME"), Some(""));
         assert_eq!(get(&vars, "HTTP_X_THING"), Some("one, two"));
+        assert_eq!(vars.iter().filter(|(n, _)| n == "HTTP_X_THING").count(), 1);
+        assert_eq!(get(&vars, "HTTP_COOKIE"), Some("a=1; b=2"));
         assert_eq!(get(&vars, "HTTP_HOST"), Some("example.test:8080"));
         assert_eq!(get(&vars, "HTTP_PROXY"), None);
         assert_eq!(get(&vars, "HTTP_CONTENT_TYPE"), None);
     }
 
     #[test]
+    fn a_nul_in_the_path_is_refused() {
+        let head = request("/a%00b", &[]);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        assert!(variables(&head, Some(0), addr, addr).is_err());
+    }
+
+    #[test]
+    fn framing_headers_are_the_servers() {
+        let r = response(Bytes::from_static(b"content-length: 1\nconnection: close\ntransfer-encoding: chunked\nx-a: 1\n\nlonger body")).unwrap();
+        assert!(r.headers().get("content-length").is_none());
+        assert!(r.headers().get("connection").is_none());
+        assert!(r.headers().get("transfer-encoding").is_none());
+        assert_eq!(r.headers()["x-a"], "1");
+        assert_eq!(r.body().as_ref(), b"longer body");
+    }
+
+    #[test]
     fn output_becomes_a_response() {
-        let r = response(
+        let r = response(Bytes::from_static(
             b"content-type: text/plain\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\nhello\n",
-        )
+        ))
         .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
         assert_eq!(r.body().as_ref(), b"hello\n");
 
-        let r = response(b"Status: 404 Not Found\ncontent-type: text/plain\n\ngone").unwrap();
+        let r = response(Bytes::from_static(
+            b"Status: 404 Not Found\ncontent-type: text/plain\n\ngone",
+        ))
+        .unwrap();
         assert_eq!(r.status(), 404);
-        let r = response(b"location: /elsewhere\n\n").unwrap();
+        let r = response(Bytes::from_static(b"location: /elsewhere\n\n")).unwrap();
         assert_eq!(r.status(), 302);
         assert_eq!(r.headers()["location"], "/elsewhere");
-        let r = response(b"status: 301\nlocation: /x\n\n").unwrap();
+        let r = response(Bytes::from_static(b"status: 301\nlocation: /x\n\n")).unwrap();
         assert_eq!(r.status(), 301);
     }
 
@@ -230,9 +296,14 @@ mod tests {
             &b"just a body, no headers"[..],
             b"hello world\n\nbody",
             b"status: 999\n\n",
+            b"status: 101\n\n",
             b"",
         ] {
-            assert!(response(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                response(Bytes::from_static(bad)).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -22,6 +22,8 @@ use tokio::sync::Notify;
 
 /// Bytes of complete lines waiting for the writer loop, at most.
 pub const MAX_PENDING: usize = 1 << 20;
+/// How long the last writes may take once the service has stopped.
+const FINAL_WRITE: std::time::Duration = std::time::Duration::from_secs(2);
 /// A line longer than this is split, so one request cannot hold memory.
 pub const MAX_LINE: usize = 16 << 10;
 
@@ -115,8 +117,20 @@ impl Lines {
                 );
             }
             if !batch.is_empty() {
-                if let Err(err) = out.write_all(&batch).await {
+                // Once the service has stopped, a reader that does not read
+                // cannot hold the task: what it does not take in 2 s is
+                // dropped.
+                let written = match closed {
+                    false => out.write_all(&batch).await,
+                    true => tokio::time::timeout(FINAL_WRITE, out.write_all(&batch))
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+                };
+                if let Err(err) = written {
                     tracing::debug!(%err, "task output closed; request output discarded");
+                    if closed {
+                        return;
+                    }
                 }
                 batch.clear();
                 continue;
@@ -139,8 +153,20 @@ pub struct RequestOutput {
 impl RequestOutput {
     fn take_lines(&mut self) {
         if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
-            self.lines.push(&self.partial[..=end]);
-            self.partial.drain(..=end);
+            // Whole lines, each of at most MAX_LINE bytes.
+            let mut whole: Vec<u8> = self.partial.drain(..=end).collect();
+            if whole.split(|b| *b == b'\n').any(|l| l.len() > MAX_LINE) {
+                whole = whole
+                    .split_inclusive(|b| *b == b'\n')
+                    .flat_map(|line| {
+                        let body = line.strip_suffix(b"\n").unwrap_or(line);
+                        body.chunks(MAX_LINE)
+                            .flat_map(|c| c.iter().copied().chain([b'\n']))
+                            .collect::<Vec<u8>>()
+                    })
+                    .collect();
+            }
+            self.lines.push(&whole);
         }
         while self.partial.len() >= MAX_LINE {
             let mut line: Vec<u8> = self.partial.drain(..MAX_LINE).collect();

@@ -32,6 +32,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::settings::Settings;
@@ -89,6 +90,18 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// How many connections one service keeps open at most: four per request
+/// it may serve at once, and at least 64, for clients that keep idle
+/// connections alive.
+fn max_connections(settings: &Settings) -> usize {
+    settings.max_concurrency.saturating_mul(4).max(64)
+}
+
+/// The connection semaphore is never closed.
+fn unreachable_closed() {
+    tracing::error!("the connection limit was closed");
+}
+
 /// Accepts and serves connections until a stop request, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -105,18 +118,26 @@ pub async fn serve(
         .max_header_size(MAX_HEAD_BYTES);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    // Open connections, each a descriptor and buffers in the shim: beyond
+    // this many, new ones wait in the listen backlog.
+    let open = Arc::new(Semaphore::new(max_connections(settings)));
+    let mut stoppable = true;
     let signal = loop {
         tokio::select! {
-            changed = stop.changed() => match changed {
+            changed = stop.changed(), if stoppable => match changed {
                 Ok(()) => match *stop.borrow_and_update() {
                     Some(signal) => break signal,
                     None => continue,
                 },
-                // The task is gone: nobody can stop us gracefully any more.
-                Err(_) => std::future::pending().await,
+                // Nobody can ask for a graceful stop any more; a kill
+                // still drops this future.
+                Err(_) => stoppable = false,
             },
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
+            accepted = async {
+                let permit = open.clone().acquire_owned().await;
+                (listener.accept().await, permit)
+            } => match accepted {
+                (Ok((stream, remote)), Ok(permit)) => {
                     // Small response chunks go out at once, not after
                     // Nagle's 40 ms.
                     let _ = stream.set_nodelay(true);
@@ -130,9 +151,11 @@ pub async fn serve(
                         if let Err(err) = connection.await {
                             tracing::debug!(%remote, %err, "HTTP connection ended");
                         }
+                        drop(permit);
                     });
                 }
-                Err(err) => {
+                (Ok(_), Err(_)) => unreachable_closed(),
+                (Err(err), _) => {
                     // Out of descriptors, or a connection reset before it
                     // was accepted: keep serving, a little later.
                     tracing::warn!(%err, "accept failed");

@@ -12,12 +12,13 @@
 //! | `WASMTIME_HTTP_REQUEST_TIMEOUT` | `60s` | wall time from a request's arrival to the end of its response; then 504 (or a cut-off body) |
 //! | `WASMTIME_HTTP_EXECUTION_TIMEOUT` | `10s` | time one request's instance may spend running wasm, checked at each 10 ms epoch tick; then 504 |
 //! | `WASMTIME_HTTP_DRAIN_TIMEOUT` | `20s` | after SIGTERM or SIGINT, how long requests in flight may take to finish |
-//! | `WASMTIME_HTTP_MAX_BODY_BYTES` | `16777216` | largest request body; a larger `Content-Length` is answered 413 |
+//! | `WASMTIME_HTTP_MAX_BODY_BYTES` | `16777216` | largest request body (at most 1 GiB); a larger `Content-Length` is answered 413 |
 //! | `WASMTIME_HTTP_HEADER_READ_TIMEOUT` | `10s` | time a client has to send a request's head, and longest a kept-alive connection may sit idle |
 //! | `WASMTIME_HTTP_OUTGOING_CONNECT_TIMEOUT` | `10s` | upper bound on an outgoing request's connect timeout |
 //! | `WASMTIME_HTTP_OUTGOING_TIMEOUT` | `60s` | upper bound on an outgoing request's first-byte and between-bytes timeouts |
 //!
-//! Durations are written as `humantime` reads them: `500ms`, `10s`, `2m`.
+//! Durations are written as `humantime` reads them: `500ms`, `10s`, `2m`
+//! (more than zero, at most `24h`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -129,7 +130,7 @@ impl Settings {
                     s.max_concurrency = number(value, 1, 100_000).with_context(what)? as usize
                 }
                 MAX_BODY_BYTES => {
-                    s.max_body_bytes = number(value, 0, u64::MAX).with_context(what)?
+                    s.max_body_bytes = number(value, 0, 1 << 30).with_context(what)?
                 }
                 REQUEST_TIMEOUT => s.request_timeout = duration(value).with_context(what)?,
                 EXECUTION_TIMEOUT => s.execution_timeout = duration(value).with_context(what)?,
@@ -166,10 +167,14 @@ fn number(value: &str, min: u64, max: u64) -> Result<u64> {
     Ok(n)
 }
 
+/// The longest duration a setting takes: a day. (Far larger values would
+/// overflow the clocks they are added to.)
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 fn duration(value: &str) -> Result<Duration> {
     let d = humantime::parse_duration(value).context("not a duration such as 500ms, 10s or 2m")?;
-    if d.is_zero() {
-        bail!("must be more than zero");
+    if d.is_zero() || d > MAX_DURATION {
+        bail!("must be more than zero and at most 24h");
     }
     Ok(d)
 }
@@ -212,6 +217,8 @@ mod tests {
             (MAX_CONCURRENCY, "0"),
             (REQUEST_TIMEOUT, "10"),
             (DRAIN_TIMEOUT, "0s"),
+            (REQUEST_TIMEOUT, "1000000y"),
+            (MAX_BODY_BYTES, "18446744073709551615"),
             (WAGI, "yes"),
             ("WASMTIME_HTTP_PROXY_ADDR", "0.0.0.0:80"),
         ] {

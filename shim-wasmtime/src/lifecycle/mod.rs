@@ -16,6 +16,7 @@ pub mod netns;
 pub mod rootfs;
 pub mod stdio;
 pub mod task;
+pub mod throttle;
 pub mod usage;
 
 use std::future::Future;

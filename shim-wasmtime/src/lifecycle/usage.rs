@@ -30,6 +30,11 @@ impl Usage {
         self.memory_peak.load(Ordering::Relaxed)
     }
 
+    /// Charges CPU time to the task.
+    pub fn add_cpu_nanos(&self, nanos: u64) {
+        self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
     pub fn cpu_nanos(&self) -> u64 {
         self.cpu_nanos.load(Ordering::Relaxed)
     }
@@ -75,7 +80,7 @@ impl<F: Future> Future for Metered<F> {
         let before = thread_cpu_nanos();
         let out = self.inner.as_mut().poll(cx);
         let spent = thread_cpu_nanos().saturating_sub(before);
-        self.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
+        self.usage.add_cpu_nanos(spent);
         out
     }
 }

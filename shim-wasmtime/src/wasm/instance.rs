@@ -17,7 +17,7 @@
 //! A trap's message and wasm backtrace go to the task's stderr.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wasmtime::component;
@@ -38,6 +38,7 @@ use super::mounts::Preopen;
 use super::names::{ContainerLookup, ContainerNames, NamesView};
 use crate::http::settings::{Outgoing, Settings as HttpSettings};
 use crate::lifecycle::netns::Namespace;
+use crate::lifecycle::throttle::Throttle;
 use crate::lifecycle::{Exit, GuestIo, LiveLimits, Running, Usage};
 
 /// The exit code of a guest that trapped, unless the trap maps to SIGFPE or SIGSEGV.
@@ -76,10 +77,12 @@ pub struct GuestState {
     budget: Option<Budget>,
 }
 
-/// How long an instance may run wasm code, in epoch ticks.
-#[derive(Debug, Clone, Copy)]
+/// How long an instance may run wasm code: the CPU time it may use,
+/// charged to `cpu` as it runs (waiting on I/O costs nothing).
+#[derive(Clone)]
 pub struct Budget {
-    ticks_left: u64,
+    pub cpu: Arc<Usage>,
+    limit_nanos: u64,
     /// Set when the budget ran out and the instance was interrupted.
     pub spent: bool,
 }
@@ -87,16 +90,22 @@ pub struct Budget {
 impl Budget {
     pub fn of(time: Duration) -> Self {
         Self {
-            ticks_left: (time.as_nanos() / super::engine::TICK.as_nanos()).max(1) as u64,
+            cpu: Arc::new(Usage::default()),
+            limit_nanos: time.as_nanos().min(u128::from(u64::MAX)) as u64,
             spent: false,
         }
     }
 }
 
 impl GuestState {
-    /// The execution budget, for an instance that serves one request.
-    pub fn budget(&self) -> Option<Budget> {
-        self.budget
+    /// The CPU time counter of the instance's execution budget, if it has one.
+    pub fn budget_cpu(&self) -> Option<Arc<Usage>> {
+        self.budget.as_ref().map(|b| b.cpu.clone())
+    }
+
+    /// Whether the instance's execution budget ran out.
+    pub fn budget_spent(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| b.spent)
     }
 
     /// The total a refused memory growth asked for, if one was refused.
@@ -108,13 +117,17 @@ impl GuestState {
     /// spent, else yield (and throttle).
     fn on_tick(&mut self) -> wasmtime::Result<UpdateDeadline> {
         if let Some(budget) = &mut self.budget {
-            if budget.ticks_left == 0 {
+            if budget.cpu.cpu_nanos() > budget.limit_nanos {
                 budget.spent = true;
                 return Err(Trap::Interrupt.into());
             }
-            budget.ticks_left -= 1;
         }
-        Ok(self.throttle.on_tick())
+        Ok(match self.throttle.check() {
+            None => UpdateDeadline::Yield(1),
+            Some(wake) => {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(wake.into())))
+            }
+        })
     }
 
     fn names_view(&mut self) -> NamesView<'_> {
@@ -122,49 +135,6 @@ impl GuestState {
             table: self.wasi.ctx().table,
             names: self.names.as_ref(),
         }
-    }
-}
-
-/// Enforces the task's CPU quota, as it is at each epoch tick: a guest that
-/// has used its quota in the current period sleeps until the period ends, so
-/// it cannot starve the shim's other guests.
-struct Throttle {
-    limits: Arc<LiveLimits>,
-    usage: Arc<Usage>,
-    period_start: Instant,
-    cpu_at_period_start: u64,
-}
-
-impl Throttle {
-    /// Called at every epoch tick: yield, and sleep out the period when the
-    /// quota is spent.
-    fn on_tick(&mut self) -> UpdateDeadline {
-        let Some(limit) = self.limits.get().cpu else {
-            return UpdateDeadline::Yield(1);
-        };
-        let now = Instant::now();
-        let used = Duration::from_nanos(
-            self.usage
-                .cpu_nanos()
-                .saturating_sub(self.cpu_at_period_start),
-        );
-        let elapsed = now.saturating_duration_since(self.period_start);
-        if elapsed >= limit.period {
-            self.period_start = now;
-            self.cpu_at_period_start = self.usage.cpu_nanos();
-            return UpdateDeadline::Yield(1);
-        }
-        if used < limit.quota {
-            return UpdateDeadline::Yield(1);
-        }
-        let wake = self.period_start + limit.period;
-        self.period_start = wake;
-        // What was used beyond the quota is charged to the next period.
-        self.cpu_at_period_start = self
-            .usage
-            .cpu_nanos()
-            .saturating_sub((used - limit.quota).as_nanos() as u64);
-        UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(wake.into())))
     }
 }
 
@@ -337,6 +307,8 @@ pub struct Guest {
     pub http: HttpSettings,
     /// Whether the task serves HTTP (see `Linked::serves`).
     pub serves: bool,
+    /// The task's CPU quota, shared by all its instances.
+    pub throttle: Throttle,
 }
 
 /// What a guest with sockets gets, as a process in its container would.
@@ -352,7 +324,7 @@ pub struct Sockets {
 
 /// Ports below this need `CAP_NET_BIND_SERVICE` (Linux's default
 /// `net.ipv4.ip_unprivileged_port_start`).
-const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 impl Guest {
     fn wasi(
@@ -430,19 +402,13 @@ impl Guest {
             usage: self.usage.clone(),
             refused: None,
         };
-        let throttle = Throttle {
-            limits: self.limits.clone(),
-            usage: self.usage.clone(),
-            period_start: Instant::now(),
-            cpu_at_period_start: self.usage.cpu_nanos(),
-        };
         let mut store = Store::new(
             &self.engine,
             GuestState {
                 wasi,
                 names: self.sockets.as_ref().map(|s| s.names.clone()),
                 limiter,
-                throttle,
+                throttle: self.throttle.clone(),
                 http: WasiHttpCtx::new(),
                 outgoing: OutgoingRequests(self.http.outgoing),
                 budget,

@@ -203,6 +203,7 @@ impl Runtime for WasmtimeRuntime {
             cwd: process.cwd().to_string_lossy().into_owned(),
             preopens,
             limits: task.limits.clone(),
+            throttle: crate::lifecycle::throttle::Throttle::new(task.limits.clone(), usage.clone()),
             usage,
             sockets,
             http,

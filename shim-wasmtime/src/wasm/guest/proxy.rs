@@ -34,7 +34,6 @@ use http::StatusCode;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Component;
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -135,24 +134,18 @@ impl Service {
             Err(answer) => return *answer,
         };
         let deadline = serving.deadline();
-        let what = format!("{} {}", request.method(), request.uri());
+        let what = format!("{} {}", request.method(), request.uri().path());
         let max = serving.guest.http.max_body_bytes;
         let request = request.map(move |body| {
             Limited::new(body, max as usize).map_err(move |err| body_error(err, max))
         });
 
         let started = Instant::now();
-        let mut store =
-            match serving.store(tokio::io::empty(), serving.request_stdout(), Vec::new()) {
-                Ok(store) => store,
-                Err(err) => {
-                    serving.log(&format!("wasmtime: cannot serve {what}: {err:#}"));
-                    return respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the function cannot be started now",
-                    );
-                }
-            };
+        let stdout = serving.request_stdout();
+        let mut store = match serving.store(tokio::io::empty(), stdout, Vec::new(), &what) {
+            Ok(store) => store,
+            Err(answer) => return *answer,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handles = (|| {
             let mut http = store.data_mut().http();
@@ -165,13 +158,12 @@ impl Service {
             Err(err) => return respond(StatusCode::BAD_REQUEST, &format!("{err}")),
         };
         let pre = self.pre.clone();
-        let mut guest = serving.spawn(async move {
+        let timing = self.serving.clone();
+        let cpu = store.data().budget_cpu();
+        let mut guest = serving.spawn(cpu, permit, deadline, async move {
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
-                tracing::debug!(
-                    instantiate_us = started.elapsed().as_micros() as u64,
-                    "request instance ready"
-                );
+                timing.instantiations.record(started.elapsed());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, out)
@@ -181,37 +173,32 @@ impl Service {
             Outcome::of(result, &store)
         });
 
-        tokio::select! {
-            head = rx => match head {
-                Ok(Ok(response)) => response.map(|body| {
-                    GuardedBody {
-                        inner: body,
-                        guest: Some(guest),
-                        deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                        serving: self.serving.clone(),
-                        what,
-                        _permit: permit,
-                    }
-                    .boxed_unsync()
-                }),
-                Ok(Err(code)) => {
-                    serving.log(&format!("wasmtime: {what}: the component answered with error {code:?}"));
-                    respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed")
+        match rx.await {
+            Ok(Ok(response)) => response.map(|body| {
+                GuardedBody {
+                    inner: body,
+                    guest: Some(guest),
+                    serving: self.serving.clone(),
+                    what,
                 }
-                // The guest is done, and never set a response.
-                Err(_) => {
-                    let outcome = (&mut guest).await;
-                    if outcome.result.is_ok() {
-                        serving.log(&format!(
-                            "wasmtime: {what}: the component returned without setting a response"
-                        ));
-                    }
-                    serving.outcome_failed(outcome, &what)
+                .boxed_unsync()
+            }),
+            Ok(Err(code)) => {
+                serving.log(&format!(
+                    "wasmtime: {what}: the component answered with error {code:?}"
+                ));
+                respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed")
+            }
+            // The instance ended (or was stopped at the deadline) without
+            // setting a response.
+            Err(_) => {
+                let outcome = (&mut guest).await;
+                if outcome.result.is_ok() {
+                    serving.log(&format!(
+                        "wasmtime: {what}: the component returned without setting a response"
+                    ));
                 }
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                drop(guest);
-                serving.timed_out(&what)
+                serving.failed(outcome, &what)
             }
         }
     }
@@ -228,23 +215,13 @@ fn body_error(err: BoxError, max: u64) -> HttpError {
 }
 
 /// A response body that ends with an error, so hyper cuts the response off
-/// rather than end it cleanly, when the instance writing it traps or runs
-/// out of time; it holds the request's instance and concurrency permit.
+/// rather than end it cleanly, when the instance writing it traps or is
+/// stopped (a trapped instance's body would otherwise end as if complete).
 struct GuardedBody {
     inner: HyperOutgoingBody,
     guest: Option<GuestTask>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
     serving: Arc<Serving>,
     what: String,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl GuardedBody {
-    fn cut_off(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.guest = None;
-        self.serving.log(&why);
-        Poll::Ready(Some(Err(why.into())))
-    }
 }
 
 impl HttpBody for GuardedBody {
@@ -256,22 +233,18 @@ impl HttpBody for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.guest.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
-            let why = format!(
-                "wasmtime: {}: the response was cut off: the request ran past {:?} (WASMTIME_HTTP_REQUEST_TIMEOUT)",
-                this.what, this.serving.guest.http.request_timeout
-            );
-            return this.cut_off(why);
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(Some(Err(err))) => {
-                let why = format!("wasmtime: {}: the response body failed: {err}", this.what);
-                this.cut_off(why)
+                this.guest = None;
+                this.serving.log(&format!(
+                    "wasmtime: {}: the response body failed: {err}",
+                    this.what
+                ));
+                Poll::Ready(Some(Err(err.into())))
             }
             Poll::Pending => Poll::Pending,
-            // The body ended: cleanly only if the instance did not fail
-            // (a trapped instance's body ends as if complete).
+            // The body ended: cleanly only if the instance did not fail.
             Poll::Ready(None) => {
                 let Some(guest) = this.guest.as_mut() else {
                     return Poll::Ready(None);
@@ -281,22 +254,15 @@ impl HttpBody for GuardedBody {
                     Poll::Pending => return Poll::Pending,
                 };
                 this.guest = None;
-                match outcome.result {
-                    Ok(()) => Poll::Ready(None),
-                    Err(err) => {
-                        // Logged as a request that failed; the client sees
-                        // the body cut off.
-                        let what = format!("{} (after its response began)", this.what);
-                        let _ = this
-                            .serving
-                            .failed(err, outcome.spent, outcome.refused, &what);
-                        this.guest = None;
-                        Poll::Ready(Some(Err(format!(
-                            "the function failed after its response began: {what}"
-                        )
-                        .into())))
-                    }
+                if outcome.result.is_ok() {
+                    return Poll::Ready(None);
                 }
+                let what = format!("{} (after its response began)", this.what);
+                this.serving.log_failure(outcome, &what);
+                Poll::Ready(Some(Err(format!(
+                    "the function failed after its response began: {what}"
+                )
+                .into())))
             }
         }
     }

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -28,11 +29,9 @@ use wasmtime::Store;
 use crate::http::output::{Lines, RequestOutput};
 use crate::http::server::{self, respond, Body, Handler};
 use crate::lifecycle::usage::Metered;
+use crate::lifecycle::Usage;
 use crate::lifecycle::{GuestIo, Running};
-use crate::wasm::instance::{failure_report, Budget, Guest, GuestState};
-
-/// Ports below this need `CAP_NET_BIND_SERVICE`.
-const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+use crate::wasm::instance::{failure_report, Budget, Guest, GuestState, FIRST_UNPRIVILEGED_PORT};
 
 /// One serving task's shared state.
 pub struct Serving {
@@ -40,6 +39,55 @@ pub struct Serving {
     permits: Arc<Semaphore>,
     pub stdout: Lines,
     pub stderr: Lines,
+    /// How long requests' instantiations took, summarized in the log when
+    /// the service stops.
+    pub instantiations: Histogram,
+}
+
+/// Microsecond durations, counted in 1 µs buckets up to [`Histogram::MAX_US`]
+/// (4 KiB of counters), for percentiles without keeping samples.
+pub struct Histogram {
+    buckets: Vec<AtomicU32>,
+}
+
+impl Histogram {
+    pub const MAX_US: usize = 1000;
+
+    fn new() -> Self {
+        Self {
+            buckets: (0..=Self::MAX_US).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub fn record(&self, took: std::time::Duration) {
+        let us = (took.as_micros() as usize).min(Self::MAX_US);
+        self.buckets[us].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count, and the p50 and p99 in µs (`MAX_US` means at least that).
+    fn summary(&self) -> (u64, usize, usize) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| u64::from(b.load(Ordering::Relaxed)))
+            .collect();
+        let n: u64 = counts.iter().sum();
+        if n == 0 {
+            return (0, 0, 0);
+        }
+        let at = |q: f64| {
+            let rank = ((n as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            counts
+                .iter()
+                .position(|c| {
+                    seen += c;
+                    seen >= rank
+                })
+                .unwrap_or(Self::MAX_US)
+        };
+        (n, at(0.5), at(0.99))
+    }
 }
 
 /// How one request's instance ended.
@@ -47,6 +95,8 @@ pub struct Outcome {
     pub result: wasmtime::Result<()>,
     /// Its execution budget ran out.
     pub spent: bool,
+    /// The request timeout ran out, and the instance was stopped.
+    pub timed_out: bool,
     pub refused: Option<usize>,
 }
 
@@ -56,8 +106,18 @@ impl Outcome {
         let data = store.data();
         Self {
             result,
-            spent: data.budget().is_some_and(|b| b.spent),
+            spent: data.budget_spent(),
+            timed_out: false,
             refused: data.memory_refused(),
+        }
+    }
+
+    fn timed_out() -> Self {
+        Self {
+            result: Err(wasmtime::format_err!("the request timed out")),
+            spent: false,
+            timed_out: true,
+            refused: None,
         }
     }
 }
@@ -79,6 +139,7 @@ impl Future for GuestTask {
             joined.unwrap_or_else(|err| Outcome {
                 result: Err(wasmtime::format_err!("the request's task failed: {err}")),
                 spent: false,
+                timed_out: false,
                 refused: None,
             })
         })
@@ -91,6 +152,7 @@ impl Serving {
             permits: Arc::new(Semaphore::new(guest.http.max_concurrency)),
             stdout: Lines::new(),
             stderr: Lines::new(),
+            instantiations: Histogram::new(),
             guest,
         }
     }
@@ -131,7 +193,10 @@ impl Serving {
     ) -> Running {
         let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
         let settings = self.guest.http.clone();
+        // Logged however the service ends, drained or killed.
+        let summary = Summary(self.clone());
         Box::pin(async move {
+            let _summary = summary;
             let serving = async {
                 let exit = server::serve(listener, handler, &settings, io.stop).await;
                 stdout.close();
@@ -176,20 +241,30 @@ impl Serving {
 
     /// A store for one request's instance, with its execution budget, its
     /// stderr into the task's, and `extra_env` after the container's env
-    /// (a name the container sets keeps the container's value).
+    /// (a name the container sets keeps the container's value). Or the
+    /// answer (503) when none can be made, said in the log.
     pub fn store(
         &self,
         stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
         stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         extra_env: Vec<(String, String)>,
-    ) -> Result<Store<GuestState>> {
-        self.guest.store_with_env(
-            stdin,
-            stdout,
-            self.stderr.request(),
-            Some(Budget::of(self.guest.http.execution_timeout)),
-            extra_env,
-        )
+        what: &str,
+    ) -> Result<Store<GuestState>, Box<hyper::Response<Body>>> {
+        self.guest
+            .store_with_env(
+                stdin,
+                stdout,
+                self.stderr.request(),
+                Some(Budget::of(self.guest.http.execution_timeout)),
+                extra_env,
+            )
+            .map_err(|err| {
+                self.log(&format!("wasmtime: cannot serve {what}: {err:#}"));
+                Box::new(respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the function cannot be started now",
+                ))
+            })
     }
 
     /// A writer into the task's stdout for one request.
@@ -197,10 +272,36 @@ impl Serving {
         self.stdout.request()
     }
 
-    /// Runs a request's instance on a task of its own, its CPU time charged
-    /// to the task.
-    pub fn spawn(&self, run: impl Future<Output = Outcome> + Send + 'static) -> GuestTask {
-        GuestTask(tokio::spawn(Metered::new(run, self.guest.usage.clone())))
+    /// Runs a request's instance on a task of its own: once the task is
+    /// within its CPU quota, and until the request's deadline, when it is
+    /// stopped wherever it is (even if nobody polls its response body: a
+    /// client that stops reading holds no instance). It holds the request's
+    /// concurrency permit, and its CPU time is charged to the task and to
+    /// the instance's execution budget (`cpu`). Instantiation is the
+    /// kind's to time, into [`Serving::instantiations`].
+    pub fn spawn(
+        &self,
+        cpu: Option<Arc<Usage>>,
+        permit: OwnedSemaphorePermit,
+        deadline: tokio::time::Instant,
+        run: impl Future<Output = Outcome> + Send + 'static,
+    ) -> GuestTask {
+        let throttle = self.guest.throttle.clone();
+        let run = async move {
+            let _permit = permit;
+            let admitted = async {
+                throttle.admit().await;
+                run.await
+            };
+            tokio::time::timeout_at(deadline, admitted)
+                .await
+                .unwrap_or_else(|_| Outcome::timed_out())
+        };
+        let run = Metered::new(run, self.guest.usage.clone());
+        GuestTask(match cpu {
+            Some(cpu) => tokio::spawn(Metered::new(run, cpu)),
+            None => tokio::spawn(run),
+        })
     }
 
     /// Writes the shim's message about a request to the task's stderr.
@@ -208,71 +309,71 @@ impl Serving {
         self.stderr.write_lines(text);
     }
 
-    /// The answer for a request whose instance failed: 503 when no slot
-    /// was free, 504 when its execution budget ran out, 500 for a trap.
-    pub fn failed(
-        &self,
-        err: wasmtime::Error,
-        spent: bool,
-        refused: Option<usize>,
-        what: &str,
-    ) -> hyper::Response<Body> {
-        let limits = self.guest.http.clone();
-        if is_pool_limit(&err) {
+    /// The answer for a request whose instance failed, and the log line
+    /// that says why: 503 when no slot was free, 504 when its execution
+    /// budget or the request timeout ran out, 500 for a trap.
+    pub fn failed(&self, outcome: Outcome, what: &str) -> hyper::Response<Body> {
+        let status = self.log_failure(outcome, what);
+        let text = match status {
+            StatusCode::SERVICE_UNAVAILABLE => "the function cannot be started now",
+            StatusCode::GATEWAY_TIMEOUT => "the function did not answer in time",
+            _ => "the function failed",
+        };
+        respond(status, text)
+    }
+
+    /// Logs why a request's instance failed; returns the status it means.
+    pub fn log_failure(&self, outcome: Outcome, what: &str) -> StatusCode {
+        let settings = &self.guest.http;
+        let err = match outcome.result {
+            Ok(()) => return StatusCode::INTERNAL_SERVER_ERROR,
+            Err(err) => err,
+        };
+        if outcome.timed_out {
+            self.log(&format!(
+                "wasmtime: {what}: not done within {:?} (WASMTIME_HTTP_REQUEST_TIMEOUT); the instance was stopped",
+                settings.request_timeout
+            ));
+            return StatusCode::GATEWAY_TIMEOUT;
+        }
+        if err.is::<wasmtime::PoolConcurrencyLimitError>() {
             self.log(&format!(
                 "wasmtime: {what}: no instance slot free in the shim's pool \
                  (WASMTIME_SHIM_MAX_INSTANCES): {err}"
             ));
-            return respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the function cannot be started now",
-            );
+            return StatusCode::SERVICE_UNAVAILABLE;
         }
-        if spent {
+        if outcome.spent {
             self.log(&format!(
                 "wasmtime: {what}: the request's instance ran wasm for longer than {:?} \
                  (WASMTIME_HTTP_EXECUTION_TIMEOUT) and was stopped",
-                limits.execution_timeout
+                settings.execution_timeout
             ));
-            return respond(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the function did not answer in time",
-            );
+            return StatusCode::GATEWAY_TIMEOUT;
         }
         self.log(&failure_report(
             &err,
             &format!("{} failed serving {what}", self.guest.module_path),
-            refused,
+            outcome.refused,
         ));
-        respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed")
-    }
-
-    /// As [`Self::failed`], for an outcome.
-    pub fn outcome_failed(&self, outcome: Outcome, what: &str) -> hyper::Response<Body> {
-        match outcome.result {
-            Ok(()) => respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed"),
-            Err(err) => self.failed(err, outcome.spent, outcome.refused, what),
-        }
-    }
-
-    /// The answer when the request timeout ran out first.
-    pub fn timed_out(&self, what: &str) -> hyper::Response<Body> {
-        self.log(&format!(
-            "wasmtime: {what}: no response within {:?} (WASMTIME_HTTP_REQUEST_TIMEOUT); the instance was stopped",
-            self.guest.http.request_timeout
-        ));
-        respond(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the function did not answer in time",
-        )
+        StatusCode::INTERNAL_SERVER_ERROR
     }
 }
 
-fn is_pool_limit(err: &wasmtime::Error) -> bool {
-    err.is::<wasmtime::PoolConcurrencyLimitError>()
-        || err
-            .chain()
-            .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+/// Logs how many requests a service served and how long their
+/// instantiations took, when it ends.
+struct Summary(Arc<Serving>);
+
+impl Drop for Summary {
+    fn drop(&mut self) {
+        let (requests, p50, p99) = self.0.instantiations.summary();
+        tracing::info!(
+            requests,
+            instantiate_p50_us = p50,
+            instantiate_p99_us = p99,
+            "HTTP service stopped"
+        );
+    }
 }
 
 fn content_length<B>(request: &hyper::Request<B>) -> Option<u64> {
@@ -283,4 +384,22 @@ fn content_length<B>(request: &hyper::Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_percentiles() {
+        let h = Histogram::new();
+        assert_eq!(h.summary(), (0, 0, 0));
+        for us in 1..=100 {
+            h.record(Duration::from_micros(us));
+        }
+        h.record(Duration::from_secs(1));
+        let (n, p50, p99) = h.summary();
+        assert_eq!((n, p50, p99), (101, 51, 100));
+    }
 }

@@ -8,8 +8,11 @@
 //! exit, or output without a header block, is a 500 with a log line.
 //!
 //! The listener, limits, timeouts and stop are those of every serving kind
-//! (`serve.rs`). The response is gathered whole before it is sent, at most
-//! [`MAX_OUTPUT`] bytes, as CGI programs set headers before the body.
+//! (`serve.rs`). The request body streams into stdin (for a chunked request
+//! `CONTENT_LENGTH` is empty and the program reads to end-of-file). The
+//! response is gathered whole before it is sent, as a program may exit
+//! non-zero after writing: at most [`MAX_OUTPUT`] bytes, counted against
+//! the container's memory limit until sent.
 
 use std::future::Future;
 use std::io;
@@ -19,21 +22,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use anyhow::Result;
+use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyDataStream, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
+use tokio_util::io::StreamReader;
 use wasmtime_wasi::I32Exit;
 
 use super::serve::{Outcome, Serving};
 use super::Linked;
 use crate::http::cgi;
-use crate::http::server::{respond, Body, Handler};
-use crate::lifecycle::{GuestIo, Running};
+use crate::http::server::{respond, Body, BoxError, Handler};
+use crate::lifecycle::{GuestIo, LiveLimits, Running, Usage};
 use crate::wasm::instance::Guest;
 
 /// The most a program may write as its response.
-pub const MAX_OUTPUT: usize = 64 << 20;
+pub const MAX_OUTPUT: usize = 16 << 20;
 
 /// Starts serving `linked` (a preview 1 module) the WAGI way.
 pub async fn start(linked: Arc<dyn Linked>, guest: Guest, io: GuestIo) -> Result<Running> {
@@ -73,55 +79,51 @@ impl Wagi {
         remote: SocketAddr,
     ) -> hyper::Response<Body> {
         let serving = &self.serving;
-        let _permit = match serving.admit(&request) {
+        let permit = match serving.admit(&request) {
             Ok(permit) => permit,
             Err(answer) => return *answer,
         };
         let deadline = serving.deadline();
-        let what = format!("{} {}", request.method(), request.uri());
+        let what = format!("{} {}", request.method(), request.uri().path());
         let (head, body) = request.into_parts();
-        let max = serving.guest.http.max_body_bytes as usize;
-        let body = match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await
-        {
-            Ok(Ok(body)) => body.to_bytes(),
-            Ok(Err(err)) if err.is::<LengthLimitError>() => {
-                return respond(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("the request body is larger than the {max} bytes this service takes"),
-                )
-            }
-            Ok(Err(err)) => {
-                return respond(StatusCode::BAD_REQUEST, &format!("reading the body: {err}"))
-            }
-            Err(_) => return serving.timed_out(&what),
+        let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
+            Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()),
+            None if body.is_end_stream() => Some(0),
+            // Chunked: the program reads stdin to its end.
+            None => None,
         };
-        let env = cgi::variables(&head, body.len(), remote, self.local);
-        let output = Capture::default();
-        let mut store = match serving.store(io::Cursor::new(body), output.clone(), env) {
+        let Ok(env) = cgi::variables(&head, content_length, remote, self.local) else {
+            return respond(StatusCode::BAD_REQUEST, "the path decodes to a NUL byte");
+        };
+        // The body streams into stdin as the program reads it, never
+        // gathered in the shim.
+        let max = serving.guest.http.max_body_bytes as usize;
+        let stdin = StreamReader::new(BodyDataStream::new(
+            Limited::new(body, max).map_err(io::Error::other),
+        ));
+        let output = Capture::new(&serving.guest);
+        let mut store = match serving.store(stdin, output.clone(), env, &what) {
             Ok(store) => store,
-            Err(err) => {
-                serving.log(&format!("wasmtime: cannot serve {what}: {err:#}"));
-                return respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the function cannot be started now",
-                );
-            }
+            Err(answer) => return *answer,
         };
         let linked = self.linked.clone();
-        let guest = serving.spawn(async move {
-            let result = match linked.instantiate(&mut store).await {
-                Ok(entry) => entry.call(&mut store).await,
-                Err(err) => Err(wasmtime::Error::from_anyhow(err)),
-            };
-            Outcome::of(result, &store)
-        });
-        let outcome = tokio::select! {
-            outcome = guest => outcome,
-            () = tokio::time::sleep_until(deadline) => return serving.timed_out(&what),
-        };
-        match outcome.result {
-            Ok(()) => {}
-            Err(err) => match err.downcast_ref::<I32Exit>() {
+        let timing = self.serving.clone();
+        let started = std::time::Instant::now();
+        let cpu = store.data().budget_cpu();
+        let outcome = serving
+            .spawn(cpu, permit, deadline, async move {
+                let result = match linked.instantiate(&mut store).await {
+                    Ok(entry) => {
+                        timing.instantiations.record(started.elapsed());
+                        entry.call(&mut store).await
+                    }
+                    Err(err) => Err(wasmtime::Error::from_anyhow(err)),
+                };
+                Outcome::of(result, &store)
+            })
+            .await;
+        if let Err(err) = &outcome.result {
+            match err.downcast_ref::<I32Exit>() {
                 Some(I32Exit(0)) => {}
                 Some(I32Exit(code)) => {
                     serving.log(&format!(
@@ -130,20 +132,23 @@ impl Wagi {
                     ));
                     return respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed");
                 }
-                None => return serving.failed(err, outcome.spent, outcome.refused, &what),
-            },
+                None => return serving.failed(outcome, &what),
+            }
         }
-        let Some(output) = output.take() else {
-            serving.log(&format!(
-                "wasmtime: {what}: the program wrote more than {MAX_OUTPUT} bytes to stdout"
-            ));
-            return respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed");
+        let (bytes, charge) = match output.finish() {
+            Ok(done) => done,
+            Err(why) => {
+                serving.log(&format!("wasmtime: {what}: {why}"));
+                return respond(StatusCode::INTERNAL_SERVER_ERROR, "the function failed");
+            }
         };
-        match cgi::response(&output) {
+        match cgi::response(bytes) {
             Ok(response) => response.map(|body| {
-                Full::new(body)
-                    .map_err(|never| match never {})
-                    .boxed_unsync()
+                Charged {
+                    inner: Full::new(body),
+                    _charge: charge,
+                }
+                .boxed_unsync()
             }),
             Err(err) => {
                 serving.log(&format!("wasmtime: {what}: {err:#}"));
@@ -153,19 +158,70 @@ impl Wagi {
     }
 }
 
-/// A program's stdout, kept whole up to [`MAX_OUTPUT`].
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+/// Memory the shim holds for a task, counted against the task's memory
+/// limit like its instances' until dropped.
+struct Charge {
+    limits: Arc<LiveLimits>,
+    usage: Arc<Usage>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Grows the charge by `n` bytes, if the task's limit allows.
+    fn grow(&mut self, n: u64) -> bool {
+        let to = self.bytes + n;
+        if !self.limits.grow_memory(self.bytes, to, &self.usage) {
+            return false;
+        }
+        self.bytes = to;
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.limits.release_memory(self.bytes, &self.usage);
+    }
+}
+
+/// A program's stdout, kept whole up to [`MAX_OUTPUT`] bytes and within the
+/// task's memory limit.
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Captured>>);
+
+struct Captured {
+    bytes: Vec<u8>,
+    charge: Charge,
+    /// Why the output was refused, once it was.
+    refused: Option<String>,
+}
 
 impl Capture {
-    /// What was written; `None` when it overflowed.
-    fn take(&self) -> Option<Vec<u8>> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .or(Some(Vec::new()))
-            .filter(|out| out.len() <= MAX_OUTPUT)
+    fn new(guest: &Guest) -> Self {
+        Self(Arc::new(Mutex::new(Captured {
+            bytes: Vec::new(),
+            charge: Charge {
+                limits: guest.limits.clone(),
+                usage: guest.usage.clone(),
+                bytes: 0,
+            },
+            refused: None,
+        })))
+    }
+
+    /// The output and what it is charged, or why it was refused.
+    fn finish(&self) -> Result<(Bytes, Charge), String> {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = c.refused.take() {
+            return Err(why);
+        }
+        let bytes = Bytes::from(std::mem::take(&mut c.bytes));
+        let charge = Charge {
+            limits: c.charge.limits.clone(),
+            usage: c.charge.usage.clone(),
+            bytes: std::mem::take(&mut c.charge.bytes),
+        };
+        Ok((bytes, charge))
     }
 }
 
@@ -175,14 +231,22 @@ impl AsyncWrite for Capture {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut out = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let out = out.get_or_insert_with(Vec::new);
-        if out.len() + buf.len() > MAX_OUTPUT {
-            // Remember the overflow; the program sees a failed write.
-            out.resize(MAX_OUTPUT + 1, 0);
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = &mut *c;
+        if c.refused.is_none() && c.bytes.len() + buf.len() > MAX_OUTPUT {
+            c.refused = Some(format!(
+                "the program wrote more than {MAX_OUTPUT} bytes to stdout"
+            ));
+        }
+        if c.refused.is_none() && !c.charge.grow(buf.len() as u64) {
+            c.refused = Some(
+                "the program's output does not fit in the container's memory limit".to_string(),
+            );
+        }
+        if c.refused.is_some() {
             return Poll::Ready(Err(io::ErrorKind::StorageFull.into()));
         }
-        out.extend_from_slice(buf);
+        c.bytes.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -192,5 +256,33 @@ impl AsyncWrite for Capture {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A response body that keeps its memory charged to the task until sent.
+struct Charged {
+    inner: Full<Bytes>,
+    _charge: Charge,
+}
+
+impl HttpBody for Charged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|never| match never {})
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
