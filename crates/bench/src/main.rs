@@ -8,6 +8,7 @@
 
 mod client;
 mod ctr;
+mod http;
 mod image;
 mod lifecycle;
 mod measures;
@@ -165,6 +166,9 @@ struct Images {
     hello_native: (PathBuf, ImageInfo),
     sleep: (PathBuf, ImageInfo),
     busybox: (PathBuf, ImageInfo),
+    /// HTTP functions: a wasi:http component, and a WAGI module.
+    hello_http_p2: (PathBuf, ImageInfo),
+    wagi: (PathBuf, ImageInfo),
 }
 
 fn read_images(dir: &Path) -> Result<Images> {
@@ -187,6 +191,8 @@ fn read_images(dir: &Path) -> Result<Images> {
         hello_native: read("hello-native")?,
         sleep: read("sleep")?,
         busybox: read("busybox")?,
+        hello_http_p2: read("hello-http-p2")?,
+        wagi: read("wagi")?,
     })
 }
 
@@ -265,6 +271,7 @@ async fn run(cli: Cli) -> Result<bool> {
     .await;
     if let Some(cd) = &private {
         report_start_to_entry(&cd.log(), &cli.out);
+        report_instantiation(&cd.log(), &cli.out);
     }
     if let Some(cd) = private {
         if outcome.is_err() {
@@ -341,6 +348,46 @@ fn report_start_to_entry(log: &str, out: &Path) {
     }
 }
 
+/// Each HTTP service the shim stopped logged its requests' instantiation
+/// time (a new Store, its WASI context, and the instance from its
+/// pre-linked component or module): prints those lines' p50 and p99 and
+/// writes `instantiation.json`.
+fn report_instantiation(log: &str, out: &Path) {
+    let field = |line: &str, key: &str| -> Option<u64> {
+        line.split(&format!("{key}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut services = Vec::new();
+    for line in log.lines().filter(|l| l.contains("HTTP service stopped")) {
+        let (Some(requests), Some(p50), Some(p99)) = (
+            field(line, "requests"),
+            field(line, "instantiate_p50_us"),
+            field(line, "instantiate_p99_us"),
+        ) else {
+            continue;
+        };
+        if requests > 0 {
+            println!(
+                "shim: per-request instantiation of an HTTP service, {requests} requests: p50 {p50} us, p99 {p99} us"
+            );
+            services.push(serde_json::json!({"requests": requests, "p50_us": p50, "p99_us": p99}));
+        }
+    }
+    if services.is_empty() {
+        warn("no \"HTTP service stopped\" lines in containerd's log: instantiation time unknown");
+    }
+    if let Err(err) = std::fs::write(
+        out.join("instantiation.json"),
+        serde_json::Value::Array(services).to_string(),
+    ) {
+        warn(&format!("cannot write instantiation.json: {err}"));
+    }
+}
+
 /// runc leaves the empty `/<namespace>` cgroup parent behind (at the root of
 /// a cgroup v2 tree, or in each v1 hierarchy): remove it, if empty.
 fn remove_empty_cgroups(namespace: &str) {
@@ -380,9 +427,24 @@ async fn bench(
         &images.hello_native,
         &images.sleep,
         &images.busybox,
+        &images.hello_http_p2,
+        &images.wagi,
     ] {
         ctr.import(tar).await?;
     }
+    let name = |(_, info): &(PathBuf, ImageInfo), example: &str| {
+        info.name
+            .clone()
+            .unwrap_or_else(|| harness::image_name(example))
+    };
+    let http_setup = http::HttpSetup::locate(
+        &cli.images
+            .clone()
+            .unwrap_or_else(|| harness::examples_dir().join("images")),
+        name(&images.hello_http_p2, "hello-http-p2"),
+        name(&images.wagi, "wagi"),
+        name(&images.busybox, "busybox"),
+    )?;
     let hello = Pair([
         workload(
             "wasm",
@@ -465,7 +527,7 @@ async fn bench(
     let mut collected = Vec::new();
     let mut errors = Vec::new();
     let interrupted = tokio::select! {
-        () = run_measures(&b, &mut collected, &mut errors) => false,
+        () = run_measures(&b, &http_setup, &mut collected, &mut errors) => false,
         _ = tokio::signal::ctrl_c() => true,
     };
     if interrupted {
@@ -518,6 +580,7 @@ async fn bench(
 /// Runs the measures in order, recording each one's result or error.
 async fn run_measures(
     b: &Arc<Bench>,
+    http_setup: &http::HttpSetup,
     collected: &mut Vec<Measure>,
     errors: &mut Vec<MeasureError>,
 ) {
@@ -539,33 +602,33 @@ async fn run_measures(
         return;
     }
     phase(&format!(
-        "1/7 cold start through the API, {} runs each",
+        "1/8 cold start through the API, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, API", measures::cold_api(b).await);
     phase(&format!(
-        "2/7 cold start through ctr run --rm, {} runs each",
+        "2/8 cold start through ctr run --rm, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, ctr run", measures::cold_ctr(b).await);
     phase(&format!(
-        "3/7 throughput, {} tasks in a row and {} at a time",
+        "3/8 throughput, {} tasks in a row and {} at a time",
         b.cfg.throughput_tasks, b.cfg.concurrency
     ));
     record("throughput", measures::throughput(b).await);
-    phase(&format!("4/7 idle memory, K = {:?}", b.cfg.idle));
+    phase(&format!("4/8 idle memory, K = {:?}", b.cfg.idle));
     record("idle memory", measures::idle_memory(b).await);
     if b.cfg.first_runs > 0 {
         phase(&format!(
-            "5/7 wasm first start in {} fresh containerds, {} cached starts after each",
+            "5/8 wasm first start in {} fresh containerds, {} cached starts after each",
             b.cfg.first_runs, b.cfg.cached_runs
         ));
         record("first vs cached start", measures::first_vs_cached(b).await);
     } else {
-        phase("5/7 first start: skipped (--first-runs 0)");
+        phase("5/8 first start: skipped (--first-runs 0)");
     }
     phase(&format!(
-        "6/7 the hello component against the hello module, {} runs each, and its first start",
+        "6/8 the hello component against the hello module, {} runs each, and its first start",
         b.cfg.iterations
     ));
     record(
@@ -573,8 +636,10 @@ async fn run_measures(
         measures::component_vs_module(b).await,
     );
     phase(&format!(
-        "7/7 a component with sockets (its own network namespace) against the hello component, {} runs each",
+        "7/8 a component with sockets (its own network namespace) against the hello component, {} runs each",
         b.cfg.iterations
     ));
     record("sockets", measures::sockets(b).await);
+    phase("8/8 HTTP functions: the shim against wasmtime serve, WAGI against httpd CGI, cold start to the first 200");
+    record("http", http::http(b, http_setup).await);
 }

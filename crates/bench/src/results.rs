@@ -13,6 +13,7 @@ use crate::stats::{self, Summary};
 pub enum Unit {
     Ms,
     TasksPerSec,
+    RequestsPerSec,
     MiB,
 }
 
@@ -21,6 +22,7 @@ impl Unit {
         match self {
             Unit::Ms => "ms",
             Unit::TasksPerSec => "tasks/s",
+            Unit::RequestsPerSec => "req/s",
             Unit::MiB => "MiB",
         }
     }
