@@ -41,6 +41,11 @@ fn containers_share_one_warm_shim_that_exits_when_idle() -> Result<()> {
     )?;
     assert_ne!(g, a);
     cd.kill_and_remove("g")?;
+    // The group's own shim exits once its last task is deleted (its output
+    // pumps may hold it up to a second more).
+    harness::wait_until(Duration::from_secs(5), "the group's shim to exit", || {
+        !harness::pid_alive(g)
+    })?;
 
     // The first container goes; the shim serves on, and logs through the
     // bundles of the containers that came after it.
