@@ -77,11 +77,15 @@ done
 # net.c imports wasi:sockets directly: its module carries the world that
 # declares those imports (sockets/world.wit, beside the WASI WIT of the
 # wasmtime-wasi release in Cargo.lock) before the adapter wraps it.
-WASI_WIT="$(cargo metadata --format-version 1 --locked --manifest-path "$ROOT/Cargo.toml" |
-    python3 -c 'import json, os, sys
+# The source folder of a crate in Cargo.lock, as cargo fetched it.
+crate_dir() {
+    cargo metadata --format-version 1 --locked --manifest-path "$ROOT/Cargo.toml" |
+        python3 -c 'import json, os, sys
 for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "wasmtime-wasi":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/p2/wit/deps"))')"
+    if p["name"] == sys.argv[1]:
+        print(os.path.dirname(p["manifest_path"]))' "$1"
+}
+WASI_WIT="$(crate_dir wasmtime-wasi)/src/p2/wit/deps"
 [[ -d "$WASI_WIT" ]] || die "the WASI WIT of wasmtime-wasi was not found (cargo fetch?)"
 rm -rf "$OUT/wit" && mkdir -p "$OUT/wit" "$OUT/core"
 cp sockets/world.wit "$OUT/wit/" && cp -r "$WASI_WIT" "$OUT/wit/deps"
@@ -100,11 +104,7 @@ if [[ ! -x "$WIT_BINDGEN" ]] || [[ "$("$WIT_BINDGEN" --version)" != *" $WIT_BIND
         --no-default-features --features c --root "$ROOT/target/tools/wit-bindgen" ||
         die "cargo install wit-bindgen-cli failed"
 fi
-HTTP_WIT="$(cargo metadata --format-version 1 --locked --manifest-path "$ROOT/Cargo.toml" |
-    python3 -c 'import json, os, sys
-for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "wasmtime-wasi-http":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "wit"))')"
+HTTP_WIT="$(crate_dir wasmtime-wasi-http)/wit"
 [[ -d "$HTTP_WIT" ]] || die "the WIT of wasmtime-wasi-http was not found (cargo fetch?)"
 PROXY_WORLD="$(sed -n 's/^ *include \(wasi:http\/proxy@[0-9.]*\);/\1/p' "$HTTP_WIT/world.wit")"
 [[ -n "$PROXY_WORLD" ]] || die "no wasi:http/proxy world in $HTTP_WIT/world.wit"

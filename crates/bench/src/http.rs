@@ -246,43 +246,25 @@ async fn start(b: &Bench, setup: &HttpSetup, kind: Kind, port: u16, www: &Path) 
                 .with_context(|| format!("start {}", setup.wasmtime.display()))?;
             return Ok(Server::Process(child));
         }
-        Kind::Component => {
-            b.ctr
-                .run(
-                    &[
-                        "run",
-                        "-d",
-                        "--net-host",
-                        "--runtime",
-                        harness::RUNTIME,
-                        "--env",
-                        &env,
-                        &setup.component_image,
-                        &id,
-                    ],
-                    limit,
-                )
-                .await?;
-        }
-        Kind::Wagi => {
-            b.ctr
-                .run(
-                    &[
-                        "run",
-                        "-d",
-                        "--net-host",
-                        "--runtime",
-                        harness::RUNTIME,
-                        "--env",
-                        &env,
-                        "--env",
-                        "WASMTIME_WAGI=1",
-                        &setup.wagi_image,
-                        &id,
-                    ],
-                    limit,
-                )
-                .await?;
+        Kind::Component | Kind::Wagi => {
+            let image = match kind {
+                Kind::Wagi => &setup.wagi_image,
+                _ => &setup.component_image,
+            };
+            let mut args = vec![
+                "run",
+                "-d",
+                "--net-host",
+                "--runtime",
+                harness::RUNTIME,
+                "--env",
+                &env,
+            ];
+            if kind == Kind::Wagi {
+                args.extend(["--env", "WASMTIME_WAGI=1"]);
+            }
+            args.extend([image.as_str(), id.as_str()]);
+            b.ctr.run(&args, limit).await?;
         }
         Kind::Httpd => {
             let mount = format!("type=bind,src={},dst=/www,options=rbind:ro", www.display());
