@@ -9,6 +9,8 @@
 //! - a trap (500, with its backtrace on stderr), a spin (504), a wait past
 //!   the request timeout (504), a trap after the head (a cut-off body), the
 //!   memory limit, the concurrency cap (503): the service keeps serving;
+//! - a malformed request (400), an oversized head (431) or body (413), and
+//!   idle connections closed after the header-read timeout;
 //! - SIGTERM drains and exits 0, or 143 when the drain runs out; SIGKILL
 //!   is 137; the port is free once the task stops;
 //! - a busy port, a malformed address, WAGI on a component: Start or Create
@@ -338,6 +340,68 @@ fn failures_are_answered_and_the_service_keeps_serving() -> Result<()> {
     let (code, _, stderr) = svc.stop(&cd, "SIGKILL")?;
     assert_eq!(code, 137, "{stderr}");
     TcpListener::bind(("127.0.0.1", port)).context("the port is still taken")?;
+    cd.assert_clean()
+}
+
+#[test]
+fn hostile_clients_get_http_errors_and_idle_connections_close() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-http-p2")?;
+    let port = free_port()?;
+    let svc = Service::start(
+        &cd,
+        &image,
+        "web5",
+        port,
+        &["--env", "WASMTIME_HTTP_HEADER_READ_TIMEOUT=1s"],
+    )?;
+    // Sends `bytes` on a new connection and reads until the server closes it.
+    let raw = |bytes: &[u8]| -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        std::io::Write::write_all(&mut s, bytes)?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    let malformed = raw(b"NOT HTTP AT ALL\r\n\r\n")?;
+    assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    let big_head = raw(big_head.as_bytes())?;
+    assert!(big_head.starts_with("HTTP/1.1 431"), "{big_head}");
+    let big_body = raw(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 99999999999\r\n\r\n",
+    )?;
+    assert!(big_body.starts_with("HTTP/1.1 413"), "{big_body}");
+
+    // A connection that sends nothing, or sits idle after a request, is
+    // closed after the header-read timeout.
+    let started = Instant::now();
+    assert_eq!(raw(b"")?, "");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let kept = raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    assert!(kept.starts_with("HTTP/1.1 200"), "{kept}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // None of it stopped the service.
+    assert_eq!(
+        get(&agent(), &format!("{}/", svc.url))?,
+        (200, Ok("hello from wasm, request 1\n".into()))
+    );
+    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+    assert_eq!(code, 0, "{stderr}");
     cd.assert_clean()
 }
 

@@ -10,7 +10,8 @@
 //!   runc container running the same program, built for Linux, as CGI.
 //! - Cold start to the first 200, from `ctr run -d`: the component (its
 //!   compiled code cached, after a first, compiling start) against busybox
-//!   `httpd` under runc.
+//!   `httpd` under runc; and from CRI CreateContainer + StartContainer, in a
+//!   host-network pod of each handler, on a containerd of its own with CRI.
 //! - Idle memory of each HTTP service after its load (PSS: the wasm shim;
 //!   runc's shim and httpd).
 //!
@@ -40,6 +41,9 @@ pub struct HttpSetup {
     pub busybox_image: String,
     /// The component file, for `wasmtime serve`.
     pub component_file: PathBuf,
+    /// The images' tars, for the CRI measure's own containerd.
+    pub component_tar: PathBuf,
+    pub busybox_tar: PathBuf,
     /// wagi.c built for Linux, for busybox httpd's cgi-bin.
     pub cgi_program: PathBuf,
     /// The wasmtime CLI (`WASMTIME_CLI`, else target/tools).
@@ -70,6 +74,8 @@ impl HttpSetup {
             wagi_image,
             busybox_image,
             component_file: examples.join("p2/hello-http.wasm"),
+            component_tar: crate::measures::image_tar(images, "hello-http-p2"),
+            busybox_tar: crate::measures::image_tar(images, "busybox"),
             cgi_program: examples.join("native/wagi-cgi"),
             wasmtime,
         };
@@ -351,6 +357,7 @@ async fn measure(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Vec<Measure
     let quick = b.cfg.quick;
     let runs = if quick { 2 } else { 3 };
     measures.extend(cold_start(b, setup, www).await?);
+    measures.push(cri_cold_start(b, setup, www).await?);
 
     // Throughput and latency: the component under the shim and under
     // `wasmtime serve`; WAGI against httpd's CGI.
@@ -505,4 +512,77 @@ async fn cold_start(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Vec<Meas
             Series::new("first", harness::RUNTIME, first.into_iter().collect()),
         ),
     ])
+}
+
+/// From CRI CreateContainer to the first 200, as the kubelet starts a
+/// container: the component in a pod of the `wasmtime` handler against
+/// busybox httpd in a pod of the `runc` handler, both on the host's
+/// network, on a containerd of its own (its CRI plugin on).
+async fn cri_cold_start(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Measure> {
+    let images = [setup.component_tar.clone(), setup.busybox_tar.clone()];
+    let cd = tokio::task::spawn_blocking(move || -> Result<harness::Containerd> {
+        let cd = harness::Containerd::start_cri(&harness::CriOptions::default())?;
+        for tar in &images {
+            cd.import_tar(tar)?;
+        }
+        Ok(cd)
+    })
+    .await??;
+    let result = async {
+        let mut cri = harness::cri::Cri::connect(&cd.socket).await?;
+        let logs = std::env::temp_dir().join(b.id("cri-logs"));
+        let pods = [
+            cri.run_pod(&b.id("http-wasm"), &logs, "wasmtime").await?,
+            cri.run_pod(&b.id("http-runc"), &logs, "runc").await?,
+        ];
+        let n = if b.cfg.quick { 5 } else { 10 };
+        let mut samples = [Vec::new(), Vec::new()];
+        for i in 0..=n {
+            for side in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
+                let port = free_port()?;
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+                let listen = addr.to_string();
+                let name = format!("c{i}");
+                let started = Instant::now();
+                let (id, path) = if side == 0 {
+                    let env = [(ADDR_ENV, listen.as_str())];
+                    let id = cri
+                        .start_with_env(&pods[0], &name, &setup.component_image, &[], &env, &[])
+                        .await?;
+                    (id, "/")
+                } else {
+                    let command = ["/busybox", "httpd", "-f", "-p", &listen, "-h", "/www"];
+                    let mounts = [(www, "/www", true)];
+                    let id = cri
+                        .start_with_env(&pods[1], &name, &setup.busybox_image, &command, &[], &mounts)
+                        .await?;
+                    (id, "/index.html")
+                };
+                let answered = first_200(addr, path, Duration::from_secs(60)).await;
+                cri.stop_container(&id, 0).await?;
+                cri.remove_container(&id).await?;
+                let ms = answered?.duration_since(started).as_secs_f64() * 1000.0;
+                // The first round compiles the component and warms httpd.
+                if i > 0 {
+                    samples[side].push(ms);
+                }
+            }
+        }
+        for pod in &pods {
+            cri.remove_pod(pod).await?;
+        }
+        let _ = std::fs::remove_dir_all(&logs);
+        let [wasm, runc] = samples;
+        anyhow::Ok(Measure::new(
+            "http_cri_cold_start",
+            "HTTP cold start: CRI CreateContainer + StartContainer to the first 200 (cached component vs runc busybox httpd)",
+            Unit::Ms,
+            Better::Lower,
+            Series::new("wasm", harness::RUNTIME, wasm),
+            Series::new("runc httpd", Kind::Httpd.runtime(), runc),
+        ))
+    }
+    .await;
+    tokio::task::spawn_blocking(move || drop(cd)).await?;
+    result
 }

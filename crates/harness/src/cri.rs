@@ -10,7 +10,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 pub use k8s_cri::v1::LinuxContainerResources;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
@@ -174,7 +174,29 @@ impl Cri {
         command: &[&str],
         mounts: &[(&Path, &str, bool)],
     ) -> Result<String> {
+        self.start_with_env(pod, name, image, command, &[], mounts)
+            .await
+    }
+
+    /// As [`Self::start_with_mounts`], with environment variables as a pod
+    /// spec's `env` gives them.
+    pub async fn start_with_env(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+        mounts: &[(&Path, &str, bool)],
+    ) -> Result<String> {
         let mut config = container_config(name, 0, image, command);
+        config.envs = env
+            .iter()
+            .map(|(key, value)| KeyValue {
+                key: key.to_string(),
+                value: value.to_string(),
+            })
+            .collect();
         config.mounts = mounts
             .iter()
             .map(|(host, container, readonly)| Mount {
