@@ -9,13 +9,15 @@
 //! - a trap (500, with its backtrace on stderr), a spin (504), a wait past
 //!   the request timeout (504), a trap after the head (a cut-off body), the
 //!   memory limit, the concurrency cap (503): the service keeps serving;
+//! - a CPU quota bounds all of a service's request instances together;
 //! - a malformed request (400), an oversized head (431) or body (413), and
 //!   idle connections closed after the header-read timeout;
 //! - SIGTERM drains and exits 0, or 143 when the drain runs out; SIGKILL
 //!   is 137; the port is free once the task stops;
 //! - a busy port, a malformed address, WAGI on a component: Start or Create
 //!   fails with a clear error and nothing is left behind;
-//! - a pod in its own network namespace serves on its 127.0.0.1:8080;
+//! - a pod in its own network namespace serves on its 127.0.0.1:8080, and
+//!   its outgoing requests (`wasi:http/outgoing-handler`) leave from there;
 //! - a componentize-py component (`examples/http-py/app.py`) sees the
 //!   container's env, args and files, but not the shim's variables;
 //! - WAGI (`examples/wagi/wagi.c`, a preview 1 module): CGI variables,
@@ -406,6 +408,45 @@ fn hostile_clients_get_http_errors_and_idle_connections_close() -> Result<()> {
 }
 
 #[test]
+fn a_cpu_quota_bounds_all_of_a_services_requests_together() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello-http-p2")?;
+    // Each request spins until its 300 ms execution budget runs out.
+    let budget = ["--env", "WASMTIME_HTTP_EXECUTION_TIMEOUT=300ms"];
+    let (p1, p2) = (free_port()?, free_port()?);
+    let mut quota = budget.to_vec();
+    quota.extend(["--cpu-quota", "10000", "--cpu-period", "100000"]);
+    let limited = Service::start(&cd, &image, "cpu-q", p1, &quota)?;
+    let free = Service::start(&cd, &image, "cpu-f", p2, &budget)?;
+    // Four requests at a time on each, for longer than the window below.
+    let load = |url: String| {
+        std::thread::spawn(move || {
+            let mut c = Command::new("hey");
+            c.args(["-z", "4s", "-c", "4", "-t", "30", &url]);
+            harness::cmd::run(c, Duration::from_secs(60))
+        })
+    };
+    let loads = [
+        load(format!("{}/spin", limited.url)),
+        load(format!("{}/spin", free.url)),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    let (q, f) = cd.cpu_in_window("cpu-q", "cpu-f", Duration::from_secs(2))?;
+    for l in loads {
+        l.join().unwrap()?;
+    }
+    // Every request instance shares the one 10% quota: the limited service
+    // gets a small part of what its unlimited twin gets in the same window.
+    eprintln!("CPU in the window: limited {q} ns, free {f} ns");
+    assert!(f > 0 && q * 3 < f, "limited {q} ns vs free {f} ns");
+    for svc in [limited, free] {
+        let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+        assert_eq!(code, 0, "{stderr}");
+    }
+    cd.assert_clean()
+}
+
+#[test]
 fn sigterm_drains_requests_in_flight() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("hello-http-p2")?;
@@ -512,6 +553,25 @@ async fn a_pod_serves_in_its_own_network_namespace() -> Result<()> {
         answered,
         (200, Ok("hello from wasm, request 1\n".to_string()))
     );
+    // Outgoing requests leave from the pod's namespace: a server in it
+    // answers; the host's loopback server, on another port, is out of reach.
+    let inside = in_netns(&netns, || TcpListener::bind("127.0.0.1:0"))??;
+    let inside_port = inside.local_addr()?.port();
+    upstream(inside, "in the pod");
+    let outside = loop {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        if l.local_addr()?.port() != inside_port {
+            break l;
+        }
+    };
+    let outside_port = outside.local_addr()?.port();
+    upstream(outside, "on the host");
+    assert_eq!(
+        in_pod(&netns, &format!("/fetch?port={inside_port}")).await?,
+        (200, Ok("upstream 200: in the pod".to_string()))
+    );
+    let escaped = in_pod(&netns, &format!("/fetch?port={outside_port}")).await?;
+    assert_eq!(escaped.0, 502, "{escaped:?}");
     let log = in_pod(&netns, "/log").await?;
     assert_eq!(log.0, 200);
     harness::wait_until(
@@ -548,6 +608,29 @@ async fn wait_in_pod(netns: &Path, path: &str) -> Result<(u16, Result<String, St
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// A tiny HTTP server on `listener`: answers every request 200 with `body`
+/// and closes the connection.
+fn upstream(listener: TcpListener, body: &'static str) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).map_or(false, |n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
 }
 
 /// A header a test sends twice, as `name: value` lines.

@@ -15,8 +15,10 @@
 //   /trap-late    sends the head and some body, waits 200 ms, then traps
 //   /spin         loops forever
 //   /status?code=N  answers with status N
-//   /header       200 with a "x-request-method" header and a repeated
-//                 "set-cookie" header
+//   /header       200 with a repeated "set-cookie" header
+//   /fetch?port=N GETs http://127.0.0.1:N/ (wasi:http/outgoing-handler) and
+//                 answers 200 "upstream STATUS: BODY", or 502 "upstream
+//                 error CODE" with the wasi:http error code's number
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +129,76 @@ static uint8_t *read_body(wasi_http_types_borrow_incoming_request_t req, size_t 
     return buf;
 }
 
+// GETs http://127.0.0.1:PORT/ and answers with what came back.
+static void fetch(wasi_http_types_own_response_outparam_t out, long port) {
+    wasi_http_types_own_outgoing_request_t request =
+        wasi_http_types_constructor_outgoing_request(wasi_http_types_constructor_fields());
+    wasi_http_types_borrow_outgoing_request_t r = wasi_http_types_borrow_outgoing_request(request);
+    wasi_http_types_scheme_t scheme = {.tag = WASI_HTTP_TYPES_SCHEME_HTTP};
+    char authority[64];
+    snprintf(authority, sizeof authority, "127.0.0.1:%ld", port);
+    proxy_string_t a, p;
+    proxy_string_set(&a, authority);
+    proxy_string_set(&p, "/");
+    if (!wasi_http_types_method_outgoing_request_set_scheme(r, &scheme) ||
+        !wasi_http_types_method_outgoing_request_set_authority(r, &a) ||
+        !wasi_http_types_method_outgoing_request_set_path_with_query(r, &p))
+        abort();
+    wasi_http_types_own_outgoing_body_t body;
+    if (!wasi_http_types_method_outgoing_request_body(r, &body)) abort();
+
+    char text[512];
+    wasi_http_outgoing_handler_own_future_incoming_response_t future;
+    wasi_http_outgoing_handler_error_code_t err;
+    if (!wasi_http_outgoing_handler_handle(request, NULL, &future, &err)) {
+        snprintf(text, sizeof text, "upstream error %d\n", err.tag);
+        answer(out, 502, text);
+        return;
+    }
+    wasi_http_types_error_code_t finish_err;
+    if (!wasi_http_types_static_outgoing_body_finish(body, NULL, &finish_err)) abort();
+
+    wasi_http_types_borrow_future_incoming_response_t f =
+        wasi_http_types_borrow_future_incoming_response(future);
+    wasi_http_types_own_pollable_t ready = wasi_http_types_method_future_incoming_response_subscribe(f);
+    wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(ready));
+    wasi_io_poll_pollable_drop_own(ready);
+    wasi_http_types_result_result_own_incoming_response_error_code_void_t got;
+    if (!wasi_http_types_method_future_incoming_response_get(f, &got) || got.is_err) abort();
+    if (got.val.ok.is_err) {
+        snprintf(text, sizeof text, "upstream error %d\n", got.val.ok.val.err.tag);
+        answer(out, 502, text);
+        return;
+    }
+    wasi_http_types_own_incoming_response_t response = got.val.ok.val.ok;
+    wasi_http_types_borrow_incoming_response_t resp =
+        wasi_http_types_borrow_incoming_response(response);
+    int status = wasi_http_types_method_incoming_response_status(resp);
+    wasi_http_types_own_incoming_body_t incoming;
+    if (!wasi_http_types_method_incoming_response_consume(resp, &incoming)) abort();
+    wasi_io_streams_own_input_stream_t stream;
+    if (!wasi_http_types_method_incoming_body_stream(wasi_http_types_borrow_incoming_body(incoming),
+                                                     &stream))
+        abort();
+    int n = snprintf(text, sizeof text, "upstream %d: ", status);
+    for (;;) {
+        proxy_list_u8_t chunk;
+        wasi_io_streams_stream_error_t serr;
+        if (!wasi_io_streams_method_input_stream_blocking_read(
+                wasi_io_streams_borrow_input_stream(stream), 256, &chunk, &serr))
+            break;
+        size_t room = sizeof text - 1 - (size_t)n;
+        size_t take = chunk.len < room ? chunk.len : room;
+        memcpy(text + n, chunk.ptr, take);
+        n += (int)take;
+        proxy_list_u8_free(&chunk);
+    }
+    text[n] = 0;
+    wasi_io_streams_input_stream_drop_own(stream);
+    wasi_http_types_static_incoming_body_finish(incoming);
+    answer(out, 200, text);
+}
+
 void exports_wasi_http_incoming_handler_handle(
     exports_wasi_http_incoming_handler_own_incoming_request_t request,
     exports_wasi_http_incoming_handler_own_response_outparam_t out) {
@@ -213,6 +285,8 @@ void exports_wasi_http_incoming_handler_handle(
         reply_t reply = respond(out, 200, headers);
         write_body(&reply, "headers\n", 8);
         finish(&reply);
+    } else if (strcmp(path, "/fetch") == 0) {
+        fetch(out, query_number(query, "port", 80));
     } else {
         answer(out, 404, "not found\n");
     }
