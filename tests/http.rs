@@ -618,7 +618,7 @@ fn upstream(listener: TcpListener, body: &'static str) {
             let Ok(mut conn) = conn else { return };
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).map_or(false, |n| n == 1) {
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
                 head.push(byte[0]);
             }
             let _ = std::io::Write::write_all(
