@@ -9,7 +9,8 @@
 //! - a trap (500, with its backtrace on stderr), a spin (504), a wait past
 //!   the request timeout (504), a trap after the head (a cut-off body), the
 //!   memory limit, the concurrency cap (503): the service keeps serving;
-//! - a CPU quota bounds all of a service's request instances together;
+//! - a CPU quota bounds all of a service's request instances together; a
+//!   full instance pool is answered 503;
 //! - a malformed request (400), an oversized head (431) or body (413), and
 //!   idle connections closed after the header-read timeout;
 //! - SIGTERM drains and exits 0, or 143 when the drain runs out; SIGKILL
@@ -443,6 +444,43 @@ fn a_cpu_quota_bounds_all_of_a_services_requests_together() -> Result<()> {
         let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
         assert_eq!(code, 0, "{stderr}");
     }
+    cd.assert_clean()
+}
+
+#[test]
+fn a_full_instance_pool_is_answered_503_and_the_service_serves_on() -> Result<()> {
+    let cd = Containerd::start()?;
+    // A shim whose pool holds two guests' worth of instances: fewer than
+    // five requests of the example component need at once.
+    cd.set_shim_env(&[("WASMTIME_SHIM_MAX_INSTANCES", "2")])?;
+    let image = cd.import("hello-http-p2")?;
+    let port = free_port()?;
+    let svc = Service::start(&cd, &image, "pool1", port, &[])?;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..5)
+            .map(|_| {
+                s.spawn(|| get(&self::agent(), &format!("{}/sleep?ms=1500", svc.url)).map(|r| r.0))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap_or(0))
+            .collect()
+    });
+    // What fits depends on how many core instances the component is made
+    // of; the rest are 503, and none fails otherwise.
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let full = statuses.iter().filter(|s| **s == 503).count();
+    assert!(ok >= 1 && full >= 1 && ok + full == 5, "{statuses:?}");
+    harness::wait_until(Duration::from_secs(10), "the pool's 503s on stderr", || {
+        svc.stderr().contains("no instance slot free")
+    })?;
+    assert_eq!(
+        get(&agent(), &format!("{}/", svc.url))?,
+        (200, Ok("hello from wasm, request 1\n".into()))
+    );
+    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
+    assert_eq!(code, 0, "{stderr}");
     cd.assert_clean()
 }
 

@@ -429,6 +429,27 @@ impl Containerd {
         self.dir.join("state")
     }
 
+    /// Gives the wasm shims this containerd starts from now on `vars` in
+    /// their environment (as an operator sets them in containerd's), by
+    /// putting a wrapper in place of the shim on containerd's PATH.
+    pub fn set_shim_env(&self, vars: &[(&str, &str)]) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let shim = shim_bin_dir().join(SHIM_BINARY);
+        let assignments: Vec<String> = vars.iter().map(|(k, v)| format!("{k}='{v}'")).collect();
+        let wrapper = self.dir.join("bin").join(SHIM_BINARY);
+        std::fs::remove_file(&wrapper)?;
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec env {} {} \"$@\"\n",
+                assignments.join(" "),
+                shim.display()
+            ),
+        )?;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
     /// A `ctr` command aimed at this containerd and namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(self.bin_dir.join("ctr"));
