@@ -456,6 +456,11 @@ fn a_full_instance_pool_is_answered_503_and_the_service_serves_on() -> Result<()
     let image = cd.import("hello-http-p2")?;
     let port = free_port()?;
     let svc = Service::start(&cd, &image, "pool1", port, &[])?;
+    // One request alone fits.
+    assert_eq!(
+        get(&agent(), &format!("{}/", svc.url))?,
+        (200, Ok("hello from wasm, request 1\n".into()))
+    );
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..5)
             .map(|_| {
@@ -468,10 +473,13 @@ fn a_full_instance_pool_is_answered_503_and_the_service_serves_on() -> Result<()
             .collect()
     });
     // What fits depends on how many core instances the component is made
-    // of; the rest are 503, and none fails otherwise.
-    let ok = statuses.iter().filter(|s| **s == 200).count();
+    // of, and concurrent instantiations may each take part of the pool:
+    // some are 503, and none fails any other way.
     let full = statuses.iter().filter(|s| **s == 503).count();
-    assert!(ok >= 1 && full >= 1 && ok + full == 5, "{statuses:?}");
+    assert!(
+        full >= 1 && statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
     harness::wait_until(Duration::from_secs(10), "the pool's 503s on stderr", || {
         svc.stderr().contains("no instance slot free")
     })?;
