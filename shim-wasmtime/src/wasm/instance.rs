@@ -326,6 +326,12 @@ pub struct Sockets {
 /// `net.ipv4.ip_unprivileged_port_start`).
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
+/// Whether a guest may bind `port`: one below 1024 only with
+/// `CAP_NET_BIND_SERVICE` (`privileged`), as a process; port 0 is any.
+pub fn may_bind(privileged: bool, port: u16) -> bool {
+    privileged || port == 0 || port >= FIRST_UNPRIVILEGED_PORT
+}
+
 impl Guest {
     fn wasi(
         &self,
@@ -347,8 +353,9 @@ impl Guest {
             let privileged = sockets.privileged_ports;
             b.socket_addr_check(move |addr, used| {
                 let bind = matches!(used, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind);
-                let low = addr.port() != 0 && addr.port() < FIRST_UNPRIVILEGED_PORT;
-                Box::pin(std::future::ready(privileged || !(bind && low)))
+                Box::pin(std::future::ready(
+                    !bind || may_bind(privileged, addr.port()),
+                ))
             });
         }
         // Variables a request adds (WAGI's) never replace the container's.

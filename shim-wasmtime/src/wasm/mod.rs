@@ -148,16 +148,19 @@ impl Runtime for WasmtimeRuntime {
         let Some(arg0) = args.first().cloned() else {
             bail!("process.args is empty: the first argument must name the .wasm module");
         };
-        let env = process.env().clone().unwrap_or_default();
         // The variables the shim reads are its own: the guest never sees them.
-        let (shim_env, env): (Vec<_>, Vec<_>) = env_pairs(&env)
-            .into_iter()
-            .partition(|(name, _)| crate::http::settings::is_shim_variable(name));
+        let (shim_env, env): (Vec<_>, Vec<_>) =
+            env_pairs(process.env().as_deref().unwrap_or_default())
+                .into_iter()
+                .partition(|(name, _)| crate::http::settings::is_shim_variable(name));
         let http = crate::http::settings::Settings::from_env(&shim_env)?;
         let cwd = process.cwd().to_string_lossy().into_owned();
 
-        let lookup_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let rootfs = task.rootfs.clone();
+        // The module is looked up on the spec's own PATH, as before.
+        let (rootfs, lookup_env) = (
+            task.rootfs.clone(),
+            process.env().clone().unwrap_or_default(),
+        );
         let from_rootfs = tokio::task::spawn_blocking(move || {
             module::read_from_rootfs(&rootfs, &arg0, &cwd, &lookup_env)
         })

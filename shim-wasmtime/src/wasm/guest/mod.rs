@@ -91,13 +91,7 @@ pub trait Linked: Send + Sync {
     /// requests rather than stop it at once. An error: the env asks for
     /// what this kind cannot do.
     fn serves(&self, settings: &HttpSettings) -> Result<bool> {
-        if settings.wagi {
-            bail!(
-                "WASMTIME_WAGI=1 serves a WASI preview 1 module the WAGI way; this is a {}: \
-                 remove the variable",
-                self.kind()
-            );
-        }
+        refuse_wagi(self.kind(), settings)?;
         Ok(false)
     }
     /// Starts a task of this guest. Most kinds instantiate it once and run
@@ -115,6 +109,17 @@ pub trait Linked: Send + Sync {
 pub trait Entry: Send {
     /// Runs the guest to its end. `I32Exit` errors carry its exit code.
     async fn call(self: Box<Self>, store: &mut Store<GuestState>) -> wasmtime::Result<()>;
+}
+
+/// Refuses `WASMTIME_WAGI=1` for a kind other than a preview 1 module.
+fn refuse_wagi(kind: &str, settings: &HttpSettings) -> Result<()> {
+    if settings.wagi {
+        bail!(
+            "WASMTIME_WAGI=1 serves a WASI preview 1 module the WAGI way; this is a {kind}: \
+             remove the variable"
+        );
+    }
+    Ok(())
 }
 
 /// The export that makes a component a command (any 0.2.x).

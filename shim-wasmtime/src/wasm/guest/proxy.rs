@@ -41,7 +41,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
-use super::serve::{GuestTask, Outcome, Serving};
+use super::serve::{Admitted, GuestTask, Outcome, Serving};
 use super::{compile, Entry, Kind, Linked, Toolbox};
 use crate::http::server::{respond, Body, BoxError, Handler};
 use crate::http::settings::Settings as HttpSettings;
@@ -85,13 +85,9 @@ impl Linked for LinkedProxy {
         true
     }
 
+    /// Always, through `wasi:http`: WAGI does not apply.
     fn serves(&self, settings: &HttpSettings) -> Result<bool> {
-        if settings.wagi {
-            bail!(
-                "WASMTIME_WAGI=1 serves a WASI preview 1 module the WAGI way; this is a \
-                 wasi:http component, which serves HTTP without it: remove the variable"
-            );
-        }
+        super::refuse_wagi(self.kind(), settings)?;
         Ok(true)
     }
 
@@ -129,12 +125,15 @@ impl Handler for Service {
 impl Service {
     async fn serve(self: Arc<Self>, request: hyper::Request<Incoming>) -> hyper::Response<Body> {
         let serving = &self.serving;
-        let permit = match serving.admit(&request) {
-            Ok(permit) => permit,
+        let Admitted {
+            permit,
+            deadline,
+            what,
+            ..
+        } = match serving.admit(&request) {
+            Ok(admitted) => admitted,
             Err(answer) => return *answer,
         };
-        let deadline = serving.deadline();
-        let what = format!("{} {}", request.method(), request.uri().path());
         let max = serving.guest.http.max_body_bytes;
         let request = request.map(move |body| {
             Limited::new(body, max as usize).map_err(move |err| body_error(err, max))

@@ -31,7 +31,9 @@ use crate::http::server::{self, respond, Body, Handler};
 use crate::lifecycle::usage::Metered;
 use crate::lifecycle::Usage;
 use crate::lifecycle::{GuestIo, Running};
-use crate::wasm::instance::{failure_report, Budget, Guest, GuestState, FIRST_UNPRIVILEGED_PORT};
+use crate::wasm::instance::{
+    failure_report, may_bind, Budget, Guest, GuestState, FIRST_UNPRIVILEGED_PORT,
+};
 
 /// One serving task's shared state.
 pub struct Serving {
@@ -90,6 +92,16 @@ impl Histogram {
     }
 }
 
+/// An admitted request: its concurrency permit, when it must be answered
+/// by, how the log names it (method and path, never the query), and its
+/// `Content-Length`, if it has a valid one.
+pub struct Admitted {
+    pub permit: OwnedSemaphorePermit,
+    pub deadline: tokio::time::Instant,
+    pub what: String,
+    pub content_length: Option<u64>,
+}
+
 /// How one request's instance ended.
 pub struct Outcome {
     pub result: wasmtime::Result<()>,
@@ -112,11 +124,12 @@ impl Outcome {
         }
     }
 
-    fn timed_out() -> Self {
+    /// An instance the shim stopped, or lost: no store to read.
+    fn stopped(err: wasmtime::Error, timed_out: bool) -> Self {
         Self {
-            result: Err(wasmtime::format_err!("the request timed out")),
+            result: Err(err),
             spent: false,
-            timed_out: true,
+            timed_out,
             refused: None,
         }
     }
@@ -136,11 +149,9 @@ impl Future for GuestTask {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         Pin::new(&mut self.0).poll(cx).map(|joined| {
-            joined.unwrap_or_else(|err| Outcome {
-                result: Err(wasmtime::format_err!("the request's task failed: {err}")),
-                spent: false,
-                timed_out: false,
-                refused: None,
+            joined.unwrap_or_else(|err| {
+                let err = wasmtime::format_err!("the request's task failed: {err}");
+                Outcome::stopped(err, false)
             })
         })
     }
@@ -167,7 +178,7 @@ impl Serving {
             .sockets
             .as_ref()
             .is_some_and(|s| s.privileged_ports);
-        if addr.port() != 0 && addr.port() < FIRST_UNPRIVILEGED_PORT && !privileged {
+        if !may_bind(privileged, addr.port()) {
             bail!(
                 "cannot listen on {addr}: ports below {FIRST_UNPRIVILEGED_PORT} need \
                  CAP_NET_BIND_SERVICE, which the container does not have"
@@ -217,7 +228,7 @@ impl Serving {
     pub fn admit<B>(
         &self,
         request: &hyper::Request<B>,
-    ) -> Result<OwnedSemaphorePermit, Box<hyper::Response<Body>>> {
+    ) -> Result<Admitted, Box<hyper::Response<Body>>> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Err(Box::new(respond(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -225,18 +236,19 @@ impl Serving {
             )));
         };
         let max = self.guest.http.max_body_bytes;
-        if content_length(request).is_some_and(|n| n > max) {
+        let content_length = content_length(request);
+        if content_length.is_some_and(|n| n > max) {
             return Err(Box::new(respond(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the request body is larger than the {max} bytes this service takes"),
             )));
         }
-        Ok(permit)
-    }
-
-    /// When a request arriving now must be answered by.
-    pub fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.guest.http.request_timeout
+        Ok(Admitted {
+            permit,
+            deadline: tokio::time::Instant::now() + self.guest.http.request_timeout,
+            what: format!("{} {}", request.method(), request.uri().path()),
+            content_length,
+        })
     }
 
     /// A store for one request's instance, with its execution budget, its
@@ -295,7 +307,9 @@ impl Serving {
             };
             tokio::time::timeout_at(deadline, admitted)
                 .await
-                .unwrap_or_else(|_| Outcome::timed_out())
+                .unwrap_or_else(|_| {
+                    Outcome::stopped(wasmtime::format_err!("the request timed out"), true)
+                })
         };
         let run = Metered::new(run, self.guest.usage.clone());
         GuestTask(match cpu {
@@ -382,6 +396,7 @@ fn content_length<B>(request: &hyper::Request<B>) -> Option<u64> {
         .get(http::header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
+        .trim()
         .parse()
         .ok()
 }

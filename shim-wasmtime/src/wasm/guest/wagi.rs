@@ -31,7 +31,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::StreamReader;
 use wasmtime_wasi::I32Exit;
 
-use super::serve::{Outcome, Serving};
+use super::serve::{Admitted, Outcome, Serving};
 use super::Linked;
 use crate::http::cgi;
 use crate::http::server::{respond, Body, BoxError, Handler};
@@ -79,19 +79,19 @@ impl Wagi {
         remote: SocketAddr,
     ) -> hyper::Response<Body> {
         let serving = &self.serving;
-        let permit = match serving.admit(&request) {
-            Ok(permit) => permit,
+        let Admitted {
+            permit,
+            deadline,
+            what,
+            content_length,
+        } = match serving.admit(&request) {
+            Ok(admitted) => admitted,
             Err(answer) => return *answer,
         };
-        let deadline = serving.deadline();
-        let what = format!("{} {}", request.method(), request.uri().path());
         let (head, body) = request.into_parts();
-        let content_length = match head.headers.get(http::header::CONTENT_LENGTH) {
-            Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()),
-            None if body.is_end_stream() => Some(0),
-            // Chunked: the program reads stdin to its end.
-            None => None,
-        };
+        // Without one: no body, or a chunked one, which the program reads
+        // to its end.
+        let content_length = content_length.or(body.is_end_stream().then_some(0));
         let Ok(env) = cgi::variables(&head, content_length, remote, self.local) else {
             return respond(StatusCode::BAD_REQUEST, "the path decodes to a NUL byte");
         };
