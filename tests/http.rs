@@ -38,8 +38,17 @@ use harness::{in_netns, Containerd, CriOptions, RUNTIME};
 
 const ADDR: &str = "WASMTIME_HTTP_PROXY_SOCKET_ADDR";
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The statuses of `n` GETs of `url` sent at once (0: no answer).
+fn at_once(n: usize, url: &str) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| get(&agent(), url).map(|r| r.0)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap_or(0))
+            .collect()
+    })
 }
 
 fn agent() -> ureq::Agent {
@@ -173,7 +182,7 @@ impl Drop for Service {
 fn a_component_serves_each_request_in_a_fresh_instance() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("hello-http-p2")?;
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(&cd, &image, "web1", port, &[])?;
     let agent = agent();
 
@@ -256,7 +265,7 @@ fn a_component_serves_each_request_in_a_fresh_instance() -> Result<()> {
 fn failures_are_answered_and_the_service_keeps_serving() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("hello-http-p2")?;
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(
         &cd,
         &image,
@@ -317,17 +326,7 @@ fn failures_are_answered_and_the_service_keeps_serving() -> Result<()> {
     assert_eq!(get(&agent, &format!("{}/alloc?mb=8", svc.url))?.0, 200);
 
     // The concurrency cap: of 5 requests at once, the ones past 3 get 503.
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..5)
-            .map(|_| {
-                s.spawn(|| get(&self::agent(), &format!("{}/sleep?ms=1000", svc.url)).map(|r| r.0))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap().unwrap_or(0))
-            .collect()
-    });
+    let statuses = at_once(5, &format!("{}/sleep?ms=1000", svc.url));
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         3,
@@ -350,7 +349,7 @@ fn failures_are_answered_and_the_service_keeps_serving() -> Result<()> {
 fn hostile_clients_get_http_errors_and_idle_connections_close() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("hello-http-p2")?;
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(
         &cd,
         &image,
@@ -414,7 +413,7 @@ fn a_cpu_quota_bounds_all_of_a_services_requests_together() -> Result<()> {
     let image = cd.import("hello-http-p2")?;
     // Each request spins until its 300 ms execution budget runs out.
     let budget = ["--env", "WASMTIME_HTTP_EXECUTION_TIMEOUT=300ms"];
-    let (p1, p2) = (free_port()?, free_port()?);
+    let (p1, p2) = (harness::free_port()?, harness::free_port()?);
     let mut quota = budget.to_vec();
     quota.extend(["--cpu-quota", "10000", "--cpu-period", "100000"]);
     let limited = Service::start(&cd, &image, "cpu-q", p1, &quota)?;
@@ -454,24 +453,14 @@ fn a_full_instance_pool_is_answered_503_and_the_service_serves_on() -> Result<()
     // five requests of the example component need at once.
     cd.set_shim_env(&[("WASMTIME_SHIM_MAX_INSTANCES", "2")])?;
     let image = cd.import("hello-http-p2")?;
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(&cd, &image, "pool1", port, &[])?;
     // One request alone fits.
     assert_eq!(
         get(&agent(), &format!("{}/", svc.url))?,
         (200, Ok("hello from wasm, request 1\n".into()))
     );
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..5)
-            .map(|_| {
-                s.spawn(|| get(&self::agent(), &format!("{}/sleep?ms=1500", svc.url)).map(|r| r.0))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap().unwrap_or(0))
-            .collect()
-    });
+    let statuses = at_once(5, &format!("{}/sleep?ms=1500", svc.url));
     // What fits depends on how many core instances the component is made
     // of, and concurrent instantiations may each take part of the pool:
     // some are 503, and none fails any other way.
@@ -498,7 +487,7 @@ fn sigterm_drains_requests_in_flight() -> Result<()> {
     let image = cd.import("hello-http-p2")?;
 
     // A request in flight finishes; new connections are refused.
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(&cd, &image, "web3", port, &[])?;
     let url = format!("{}/sleep?ms=1500", svc.url);
     let in_flight = std::thread::spawn(move || get(&agent(), &url));
@@ -513,7 +502,7 @@ fn sigterm_drains_requests_in_flight() -> Result<()> {
     assert_eq!(code, 0, "{stderr}");
 
     // A drain that runs out of time: 143.
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(
         &cd,
         &image,
@@ -696,7 +685,7 @@ fn get_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String)
 fn wagi_serves_a_preview1_module_per_request() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("wagi")?;
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let svc = Service::start(
         &cd,
         &image,
@@ -811,7 +800,7 @@ fn a_python_component_sees_the_containers_env_args_and_files() -> Result<()> {
     std::fs::write(tmp.path().join("note.txt"), "a note from the host\n")?;
     let cd = Containerd::start()?;
     let image = cd.import("hello-py-p2")?;
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let mount = harness::bind_mount(tmp.path(), "/data", true);
     let svc = Service::start_with_args(
         &cd,

@@ -20,7 +20,7 @@
 //! `instantiate_p50_us`), which `main.rs` reports.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -93,10 +93,6 @@ impl HttpSetup {
         }
         Ok(setup)
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// One plain HTTP/1.0 GET; the status code, or an error.
@@ -379,7 +375,7 @@ async fn measure(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Vec<Measure
             ],
         ),
     ] {
-        let ports = [free_port()?, free_port()?];
+        let ports = [harness::free_port()?, harness::free_port()?];
         let mut servers = Vec::new();
         for (kind, port) in pair.iter().zip(ports) {
             servers.push(start(b, setup, *kind, port, www).await?);
@@ -394,7 +390,7 @@ async fn measure(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Vec<Measure
             let mut samples = vec![[Vec::new(), Vec::new()]; loads.len()];
             for run in 0..runs {
                 for (l, (c, n)) in loads.iter().enumerate() {
-                    for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+                    for side in crate::measures::order(run) {
                         let url = format!("http://127.0.0.1:{}{}", ports[side], path[side]);
                         samples[l][side].push(hey(&url, *n, *c).await?);
                     }
@@ -470,9 +466,9 @@ async fn cold_start(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Vec<Meas
     let mut first = None;
     let mut samples = [Vec::new(), Vec::new()];
     for i in 0..=n {
-        for side in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
+        for side in crate::measures::order(i) {
             let kind = [Kind::Component, Kind::Httpd][side];
-            let port = free_port()?;
+            let port = harness::free_port()?;
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
             let path = if kind == Kind::Httpd {
                 "/index.html"
@@ -538,8 +534,8 @@ async fn cri_cold_start(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Meas
         let n = if b.cfg.quick { 5 } else { 10 };
         let mut samples = [Vec::new(), Vec::new()];
         for i in 0..=n {
-            for side in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
-                let port = free_port()?;
+            for side in crate::measures::order(i) {
+                let port = harness::free_port()?;
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
                 let listen = addr.to_string();
                 let name = format!("c{i}");

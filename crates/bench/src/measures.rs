@@ -111,7 +111,7 @@ impl Bench {
 }
 
 /// Which side goes first in round `i`: wasm on even rounds, runc on odd.
-fn order(i: usize) -> [usize; 2] {
+pub fn order(i: usize) -> [usize; 2] {
     if i.is_multiple_of(2) {
         [0, 1]
     } else {

@@ -815,3 +815,10 @@ pub fn in_netns<T: Send + 'static>(
     .join()
     .map_err(|_| anyhow::anyhow!("setns thread panicked"))?
 }
+
+/// A TCP port free on the host's loopback now (the kernel's pick).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
