@@ -151,28 +151,26 @@ pub struct RequestOutput {
 }
 
 impl RequestOutput {
+    /// Hands on every complete line, and cuts a line at [`MAX_LINE`] bytes;
+    /// the rest of a line waits for its end.
     fn take_lines(&mut self) {
-        if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
-            // Whole lines, each of at most MAX_LINE bytes.
-            let mut whole: Vec<u8> = self.partial.drain(..=end).collect();
-            if whole.split(|b| *b == b'\n').any(|l| l.len() > MAX_LINE) {
-                whole = whole
-                    .split_inclusive(|b| *b == b'\n')
-                    .flat_map(|line| {
-                        let body = line.strip_suffix(b"\n").unwrap_or(line);
-                        body.chunks(MAX_LINE)
-                            .flat_map(|c| c.iter().copied().chain([b'\n']))
-                            .collect::<Vec<u8>>()
-                    })
-                    .collect();
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &self.partial[start..];
+            let cut = match rest.iter().position(|b| *b == b'\n') {
+                Some(newline) if newline <= MAX_LINE => newline + 1,
+                _ if rest.len() >= MAX_LINE => MAX_LINE,
+                _ => break,
+            };
+            out.extend_from_slice(&rest[..cut]);
+            if rest[cut - 1] != b'\n' {
+                out.push(b'\n');
             }
-            self.lines.push(&whole);
+            start += cut;
         }
-        while self.partial.len() >= MAX_LINE {
-            let mut line: Vec<u8> = self.partial.drain(..MAX_LINE).collect();
-            line.push(b'\n');
-            self.lines.push(&line);
-        }
+        self.partial.drain(..start);
+        self.lines.push(&out);
     }
 }
 
