@@ -63,7 +63,7 @@ echo "wasm   $OUT/trap-debug.wasm (with DWARF)"
 # Builds the CLI when it is missing or stale (a no-op when it is current).
 if [[ -z "${OCI_ARTIFACT:-}" ]]; then
     command -v cargo >/dev/null || die "cargo not found: the Rust toolchain builds oci-artifact"
-    cargo build --release --locked -q -p oci-artifact --manifest-path "$ROOT/Cargo.toml"
+    cargo build --release --locked -q -p oci-artifact-cli --manifest-path "$ROOT/Cargo.toml"
 fi
 CLI="${OCI_ARTIFACT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/oci-artifact}"
 mkdir -p "$OUT/p2"

@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/target/examples}"
 CLI="${OCI_ARTIFACT:-$ROOT/target/release/oci-artifact}"
 if [[ ! -x "$CLI" ]]; then
-    cargo build --release -q -p oci-artifact --manifest-path "$ROOT/Cargo.toml"
+    cargo build --release -q -p oci-artifact-cli --manifest-path "$ROOT/Cargo.toml"
 fi
 mkdir -p "$OUT/images"
 

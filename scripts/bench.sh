@@ -36,7 +36,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 step "building the shim, the oci-artifact CLI and wasm-bench"
-cargo build --release --locked -p shim-wasmtime -p oci-artifact -p bench
+cargo build --release --locked -p shim-wasmtime -p oci-artifact-cli -p bench
 
 step "building example guests and images"
 bash examples/build.sh >/dev/null

@@ -18,7 +18,7 @@ step() { echo "==> $*" >&2; }
 step "installing packages"
 bash scripts/install-deps.sh </dev/null
 step "building (the first build of Wasmtime takes several minutes)"
-cargo build --release --locked -p shim-wasmtime -p oci-artifact
+cargo build --release --locked -p shim-wasmtime -p oci-artifact-cli
 bash examples/build.sh >/dev/null
 bash examples/images.sh >/dev/null
 

@@ -29,7 +29,7 @@ step "fetching containerd versions"
 mapfile -t VERSIONS < <(bash scripts/fetch-containerd.sh)
 
 step "building the shim, the oci-artifact CLI and the node installer"
-cargo build --release --locked -p shim-wasmtime -p oci-artifact -p node-installer
+cargo build --release --locked -p shim-wasmtime -p oci-artifact-cli -p node-installer
 
 step "building example guests and images"
 bash examples/build.sh >/dev/null

@@ -12,7 +12,6 @@ pub mod component;
 pub mod inspect;
 pub mod layout;
 pub mod parse;
-pub mod registry;
 
 use std::collections::BTreeMap;
 

@@ -11,8 +11,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use oci_artifact::parse::{Form as ParsedForm, WasmImage};
-use oci_artifact::registry::{Client, Reference};
 use oci_artifact::{inspect, Blob, Layout};
+use oci_client::RegistryOperation;
+
+mod credentials;
+mod progress;
+mod registry;
+
+use credentials::Login;
+use registry::Registry;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +47,33 @@ enum AdapterArg {
     Command,
     Reactor,
     Proxy,
+}
+
+/// How to reach a registry, shared by the commands that do.
+#[derive(clap::Args)]
+struct Remote {
+    /// Use plain HTTP (and allow a plain-HTTP token service) for a registry
+    /// that is not on loopback.
+    #[arg(long)]
+    insecure: bool,
+    /// Log in as this user, with the password from stdin (--password-stdin).
+    /// Without it, credentials come from the docker config as docker finds
+    /// them: credHelpers, then credsStore, then auths.
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password for --username from stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+}
+
+impl Remote {
+    fn connect(&self, reference: &str, op: RegistryOperation) -> Result<Registry> {
+        let login = Login {
+            username: self.username.clone(),
+            password_stdin: self.password_stdin,
+        };
+        Registry::connect(reference, &login, self.insecure, op)
+    }
 }
 
 #[derive(Subcommand)]
@@ -82,19 +116,20 @@ enum Command {
     /// Push an OCI layout (folder or tar) to a registry.
     ///
     /// Plain HTTP is used for loopback registries, or with --insecure.
-    /// Credentials come from the docker config file (~/.docker/config.json).
+    /// Credentials: --username with --password-stdin, else the docker config
+    /// ($DOCKER_CONFIG/config.json or ~/.docker/config.json).
     ///
-    /// Example:
+    /// Examples:
     ///   oci-artifact push hello.tar 127.0.0.1:5000/hello:1
+    ///   echo "$TOKEN" | oci-artifact push hello.tar ghcr.io/me/hello:1 --username me --password-stdin
     #[command(verbatim_doc_comment)]
     Push {
         /// An OCI layout folder or tar; its first manifest is pushed.
         source: PathBuf,
         /// Where to: HOST[:PORT]/REPOSITORY[:TAG].
         reference: String,
-        /// Use plain HTTP even for a registry that is not on loopback.
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Pull an image, check it, and write it out.
     ///
@@ -112,8 +147,8 @@ enum Command {
         /// Write the module's bytes here.
         #[arg(long)]
         module: Option<PathBuf>,
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Make a WASI preview 2 component from a WASI preview 1 module, with
     /// Wasmtime's preview 1 adapter (the release the shim links).
@@ -154,8 +189,8 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Inspect {
         source: String,
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -212,8 +247,8 @@ fn build(
 }
 
 /// Fetches and checks an image from a registry; returns it and its layout.
-fn pull(reference: &str, insecure: bool) -> Result<(WasmImage, Layout)> {
-    let mut client = Client::new(Reference::parse(reference)?, insecure)?;
+fn pull(reference: &str, remote: &Remote) -> Result<(WasmImage, Layout)> {
+    let client = remote.connect(reference, RegistryOperation::Pull)?;
     let manifest = client.manifest()?;
     let mut blobs: Vec<Blob> = Vec::new();
     let image = oci_artifact::parse::parse(&manifest, |d| {
@@ -315,10 +350,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Push {
             source,
             reference,
-            insecure,
+            remote,
         } => {
             let layout = Layout::read(&source).map_err(invalid)?;
-            let mut client = Client::new(Reference::parse(&reference)?, insecure)?;
+            let client = remote.connect(&reference, RegistryOperation::Push)?;
             let digest = client.push(&layout)?;
             println!("{reference} {digest}");
             Ok(())
@@ -328,9 +363,9 @@ fn run(cli: Cli) -> Result<()> {
             output,
             layout,
             module,
-            insecure,
+            remote,
         } => {
-            let (image, pulled) = pull(&reference, insecure)?;
+            let (image, pulled) = pull(&reference, &remote)?;
             write_outputs(&pulled, output.as_deref(), layout.as_deref())?;
             if let Some(path) = module {
                 std::fs::write(&path, &image.module)
@@ -364,7 +399,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", output.display());
             Ok(())
         }
-        Command::Inspect { source, insecure } => {
+        Command::Inspect { source, remote } => {
             let path = Path::new(&source);
             if path.exists() {
                 let bytes_start = if path.is_file() {
@@ -380,7 +415,7 @@ fn run(cli: Cli) -> Result<()> {
                 let image = layout.check().map_err(invalid)?;
                 print_image(&image, &layout)
             } else {
-                let (image, layout) = pull(&source, insecure)?;
+                let (image, layout) = pull(&source, &remote)?;
                 print_image(&image, &layout)
             }
         }
@@ -388,6 +423,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // rustls' crypto for the registry client: ring (see the workspace's
+    // Cargo.toml). Installing fails only if one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
