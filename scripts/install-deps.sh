@@ -21,6 +21,11 @@ PACKAGES=(
   busybox-static
   util-linux
   python3-venv
+  apache2-utils
+  python3-jwt
+  python3-cryptography
+  openssl
+  iproute2
   containernetworking-plugins
   hey
 )

@@ -14,6 +14,7 @@
 pub mod cmd;
 pub mod cri;
 pub mod registry;
+pub mod testnet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub use cmd::Output;
-pub use registry::{oci_artifact, oci_artifact_path, skopeo, Registry};
+pub use registry::{
+    oci_artifact, oci_artifact_path, oci_artifact_with, skopeo, Auth, Place, Registry,
+};
+pub use testnet::{TestCa, TestNetns};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
