@@ -21,11 +21,14 @@ PACKAGES=(
   busybox-static
   util-linux
   python3-venv
+  # tests/registry_auth.rs: htpasswd, the JWT token service (Debian's
+  # /usr/bin/python3), a CA for HTTPS, a network namespace, a pty (script).
   apache2-utils
   python3-jwt
   python3-cryptography
   openssl
   iproute2
+  bsdutils
   containernetworking-plugins
   hey
 )

@@ -31,6 +31,13 @@ mapfile -t VERSIONS < <(bash scripts/fetch-containerd.sh)
 step "building the shim, the oci-artifact CLI and the node installer"
 cargo build --release --locked -p shim-wasmtime -p oci-artifact-cli -p node-installer
 
+# The shim reads images from containerd's content store only: a registry
+# client in it would cost memory in every pod (oci-artifact/cli has one).
+if cargo tree --locked -p shim-wasmtime -e normal 2>/dev/null | grep -E "^[^a-z]*(oci-client|reqwest|ureq) v"; then
+    echo "test.sh: the shim links a registry client (above); keep it in oci-artifact/cli" >&2
+    exit 1
+fi
+
 step "building example guests and images"
 bash examples/build.sh >/dev/null
 bash examples/images.sh >/dev/null

@@ -181,15 +181,31 @@ fn basic_auth_from_the_flags_and_the_docker_config() -> Result<()> {
     cli.fails(
         &login(&["push", &s(&tar), &reference], USER),
         Some("wrong\n"),
-        &["push denied", "--username"],
+        &[
+            "registry rejected the credentials from --username",
+            "wrong user or password",
+        ],
     )?;
     // --username without --password-stdin is a usage error.
     let out = cli.run(&["push", &s(&tar), &reference, "--username", USER], None)?;
     ensure!(out.code == Some(2), "{out:?}");
 
-    // The flags.
-    let out = cli.ok(&login(&["push", &s(&tar), &reference], USER), Some(&stdin))?;
+    // The flags, which win over a docker config with a wrong password.
+    let wrong = docker_config(
+        tmp.path(),
+        json!({"auths": {reg.addr.clone(): {"auth": basic(USER, "wrong")}}}),
+    )?;
+    let out = Cli::new(&wrong).ok(&login(&["push", &s(&tar), &reference], USER), Some(&stdin))?;
     assert_eq!(printed_digest(&out)?, built);
+    // That wrong password alone: the registry (Basic) rejects it.
+    Cli::new(&wrong).fails(
+        &["pull", &reference],
+        None,
+        &[
+            "registry rejected the credentials in",
+            "wrong user or password",
+        ],
+    )?;
 
     // The docker config's auths, by host, as `docker login` writes it.
     let config = docker_config(
@@ -267,9 +283,17 @@ fn the_bearer_token_flow_pushes_and_pulls_every_image_form() -> Result<()> {
         assert!(shown.stdout.contains(&built), "{}", shown.stdout);
     }
 
-    // The token service saw alice's credentials; the registry never needed
-    // them (it takes only tokens).
+    // The token service saw alice's credentials once per command, and only
+    // the CLI's own request: oci-client never asked for a token itself. The
+    // registry never saw them (it takes only tokens).
     let requests = reg.token_requests()?;
+    // build 0, then push, pull and inspect per form.
+    ensure!(
+        requests.len() == 3 * forms.len(),
+        "{} token requests for {} commands: {requests:?}",
+        requests.len(),
+        3 * forms.len()
+    );
     let alice: Vec<&Value> = requests.iter().filter(|r| r["user"] == USER).collect();
     ensure!(
         alice
@@ -350,7 +374,7 @@ fn token_failures_are_one_clear_line() -> Result<()> {
     cli.fails(
         &login(&["push", &s(&tar), &reg.reference("team/a:1")], "late"),
         Some(&stdin),
-        &["expired 300 s ago", "clocks"],
+        &["token that expired 30", " s ago", "clocks"],
     )?;
     // A refused scope: alice may only pull locked/…; the token she gets
     // grants no push, and the registry says no.
@@ -367,8 +391,11 @@ fn token_failures_are_one_clear_line() -> Result<()> {
                 && r["granted"].to_string().contains(r#""actions":["pull"]"#)),
         "{requests:?}"
     );
-    // Nothing was stored under the refused names.
-    assert_eq!(reg.get_status("/v2/locked/a/tags/list")?, 401);
+    // Nothing was stored under the refused name.
+    let stored = reg
+        .dir
+        .join("storage/docker/registry/v2/repositories/locked");
+    ensure!(!stored.exists(), "{} exists", stored.display());
     // No registry at all.
     cli.fails(
         &["pull", "127.0.0.1:1/team/a:1"],
@@ -429,6 +456,16 @@ fn credential_helpers_and_stores_are_asked_in_dockers_order() -> Result<()> {
     let out = cli.ok(&["push", &s(&tar), &reg.reference("team/helper:1")], None)?;
     assert_eq!(printed_digest(&out)?, built);
     assert_eq!(std::fs::read_to_string(&asked)?.trim(), reg.addr);
+
+    // credHelpers for this registry wins over credsStore too (here a
+    // store that is not installed, so asking it would fail).
+    let (dir, path_env) = with(json!({
+        "credHelpers": {reg.addr.clone(): "wttest"},
+        "credsStore": "not-installed",
+    }))?;
+    let mut cli = Cli::new(&dir);
+    cli.env.push(("PATH", path_env));
+    cli.ok(&["pull", &reg.reference("team/helper:1")], None)?;
 
     // credsStore wins over auths, as in docker (auths then holds only
     // placeholders).
@@ -559,12 +596,10 @@ fn https_registries_and_credentials_never_in_the_clear() -> Result<()> {
             None,
             &["pull denied", "anonymous"],
         )?;
+        let requests = reg.token_requests()?;
         ensure!(
-            reg.token_requests()?
-                .iter()
-                .all(|r| r.get("auth").is_none()),
-            "{:?}",
-            reg.token_requests()?
+            !requests.is_empty() && requests.iter().all(|r| r.get("auth").is_none()),
+            "{requests:?}"
         );
     }
 
@@ -633,6 +668,8 @@ fn transfers_show_bars_on_a_terminal_and_lines_in_logs() -> Result<()> {
             let mut c = std::process::Command::new("script");
             c.args(["-qec", &cmd, "/dev/null"])
                 .env("DOCKER_CONFIG", &empty)
+                // What a terminal has; indicatif draws nothing without it.
+                .env("TERM", "xterm")
                 .stdin(std::process::Stdio::null());
             c
         },

@@ -268,6 +268,25 @@ mod tests {
     }
 
     #[test]
+    fn a_config_over_4_mib_is_refused_before_it_is_fetched() {
+        let img = tar_layer_image(MODULE, "m.wasm", "m").unwrap();
+        let mut manifest: serde_json::Value = serde_json::from_slice(&img.manifest.bytes).unwrap();
+        manifest["config"]["size"] = (parse::MAX_CONFIG_BYTES + 1).into();
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let mut fetched = false;
+        let err = parse::parse(&bytes, |_| {
+            fetched = true;
+            Ok(Vec::new())
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("over the 4194304-byte limit"),
+            "{err:#}"
+        );
+        assert!(!fetched);
+    }
+
+    #[test]
     fn tags_default_to_latest() {
         assert_eq!(
             split_tag("localhost:5000/a/b"),

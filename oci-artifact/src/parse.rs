@@ -28,6 +28,9 @@ pub const TAR_LAYER_TYPES: [&str; 4] = [
 /// The largest blob this reads.
 pub const MAX_BLOB_BYTES: u64 = 512 * 1024 * 1024;
 
+/// A config is a small JSON document; containerd caps them at 4 MiB too.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// An OCI descriptor.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +146,11 @@ pub fn parse(
         .iter()
         .filter(|l| WASM_LAYER_TYPES.contains(&l.media_type.as_str()))
         .count();
+    ensure!(
+        manifest.config.size <= MAX_CONFIG_BYTES,
+        "the config is {} bytes, over the {MAX_CONFIG_BYTES}-byte limit",
+        manifest.config.size
+    );
     let config_bytes = fetch(&manifest.config).context("fetch the config")?;
     verify(&manifest.config, &config_bytes)?;
     let config: serde_json::Value =

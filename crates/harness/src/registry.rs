@@ -96,6 +96,23 @@ impl Place<'_> {
     }
 }
 
+/// Makes `cmd`'s process die with the test process, so that a test killed
+/// midway (a timeout, SIGKILL) leaves no server behind. It survives the
+/// exec of `ip netns exec` into the server.
+fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) is async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The token service's issuer and the registry's service name.
 const TOKEN_ISSUER: &str = "wasmtime-shim-test-token-service";
 const TOKEN_SERVICE: &str = "wasmtime-shim-test-registry";
@@ -194,8 +211,7 @@ impl Registry {
         let log_path = dir.join("registry.log");
         let log = std::fs::File::create(&log_path)?;
         let bin = registry_binary();
-        let mut child = place
-            .command(&bin)
+        let mut child = dies_with_parent(&mut place.command(&bin))
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -213,7 +229,8 @@ impl Registry {
         loop {
             if let Some(status) = child.try_wait()? {
                 let log = read_log();
-                if log.contains("address already in use") {
+                // On loopback, another process took the port: try another.
+                if log.contains("address already in use") && matches!(place, Place::Loopback) {
                     return Ok(None);
                 }
                 bail!("docker-registry exited ({status}) before answering; its log:\n{log}");
@@ -308,8 +325,7 @@ fn prepare_auth(
             let log = std::fs::File::create(dir.join("token-service.log"))?;
             // Debian's python, which the python3-jwt and python3-cryptography
             // packages serve (a python3 earlier on the PATH may not have them).
-            let mut child = place
-                .command("/usr/bin/python3")
+            let mut child = dies_with_parent(&mut place.command("/usr/bin/python3"))
                 .arg(&script)
                 .arg(dir)
                 .arg(&policy_path)
@@ -320,10 +336,16 @@ fn prepare_auth(
                 .spawn()
                 .context("start the token service with /usr/bin/python3")?;
             // Its first line is the port, once the certificate is written.
-            let mut port = String::new();
             let stdout = child.stdout.take().context("the token service's stdout")?;
-            let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut port);
-            if read.is_err() || port.trim().parse::<u16>().is_err() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut port = String::new();
+                let _ =
+                    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut port);
+                let _ = tx.send(port);
+            });
+            let port = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+            if port.trim().parse::<u16>().is_err() {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
@@ -426,9 +448,17 @@ pub fn oci_artifact_with(
     c.args(args).envs(env.iter().copied());
     let input = match stdin {
         Some(text) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
             let path = std::env::temp_dir().join(format!("wtstdin{}x{n}", std::process::id()));
-            std::fs::write(&path, text)?;
+            // It may hold a password: for the owner's eyes only.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?
+                .write_all(text.as_bytes())?;
             let file = std::fs::File::open(&path)?;
             // The open file stays readable after its name is gone.
             std::fs::remove_file(&path)?;

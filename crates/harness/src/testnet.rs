@@ -44,6 +44,7 @@ impl TestNetns {
     pub const ADDR: &'static str = "10.99.0.1";
 
     pub fn new() -> Result<Self> {
+        remove_stale();
         let name = format!(
             "wttest{}x{}",
             std::process::id(),
@@ -74,6 +75,27 @@ impl TestNetns {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).arg(program);
         c
+    }
+}
+
+/// Removes the namespaces of test processes that died before their drop
+/// (killed by a timeout, say): `wttest<pid>x<n>` whose pid is gone.
+fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("wttest")
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
     }
 }
 

@@ -83,6 +83,11 @@ pub fn resolve(login: &Login, registry: &str) -> Result<(RegistryAuth, Source)> 
     from_docker_config(registry)
 }
 
+/// A helper's name from the config; an empty one means none, as in docker.
+fn named(value: Option<&Value>) -> Option<&str> {
+    value.and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
 fn docker_config_path() -> Option<PathBuf> {
     std::env::var_os("DOCKER_CONFIG")
         .map(PathBuf::from)
@@ -104,11 +109,9 @@ fn from_docker_config(registry: &str) -> Result<(RegistryAuth, Source)> {
     let mut config: Value =
         serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))?;
     let key = server_key(registry);
-    let helper = config
-        .pointer("/credHelpers")
-        .and_then(|h| h.get(key))
-        .or_else(|| config.get("credsStore"))
-        .and_then(Value::as_str)
+    // An empty name means none, as in docker.
+    let helper = named(config.pointer("/credHelpers").and_then(|h| h.get(key)))
+        .or_else(|| named(config.get("credsStore")))
         .map(str::to_string);
     if helper.is_some() {
         if let Some(object) = config.as_object_mut() {

@@ -14,6 +14,7 @@ use oci_artifact::parse::{Form as ParsedForm, WasmImage};
 use oci_artifact::{inspect, Blob, Layout};
 use oci_client::RegistryOperation;
 
+mod auth;
 mod credentials;
 mod progress;
 mod registry;
@@ -256,7 +257,14 @@ fn pull(reference: &str, remote: &Remote) -> Result<(WasmImage, Layout)> {
         blobs.push(Blob::new(&d.media_type, bytes.clone()));
         Ok(bytes)
     })
-    .map_err(invalid)?;
+    // A failure to fetch is not the image's fault: exit 1, not 3.
+    .map_err(|err| {
+        if err.downcast_ref::<registry::Transfer>().is_some() {
+            err
+        } else {
+            invalid(err)
+        }
+    })?;
     let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)?
         .get("mediaType")
         .and_then(|m| m.as_str())

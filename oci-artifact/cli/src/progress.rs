@@ -1,7 +1,7 @@
 //! How far blob transfers have come, on stderr: an `indicatif` bar per
-//! layer (bytes, rate, time left) when stderr is a terminal, as docker and
-//! oras show; otherwise (CI logs, pipes) a plain line at every tenth of
-//! blobs of 1 MiB and more.
+//! blob (bytes, rate, time left) when stderr is a terminal that can draw
+//! them, as docker and oras show; otherwise (CI logs, pipes) a plain line at
+//! every tenth of blobs of 1 MiB and more.
 
 use std::io::IsTerminal;
 
@@ -17,9 +17,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        let bars = std::io::stderr()
-            .is_terminal()
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        // indicatif draws nothing on a terminal it thinks dumb (`TERM` unset
+        // or `dumb`): plain lines then, too.
+        let target = ProgressDrawTarget::stderr();
+        let bars = (std::io::stderr().is_terminal() && !target.is_hidden())
+            .then(|| MultiProgress::with_draw_target(target));
         Self { bars }
     }
 

@@ -1,28 +1,27 @@
-//! Pushing and pulling OCI layouts through `oci-client`, the oras project's
-//! registry client: it speaks the distribution API and its auth (Basic, and
-//! the `WWW-Authenticate: Bearer` token flow). What this module adds:
+//! Pushing and pulling OCI layouts: blobs and manifest pushes through
+//! `oci-client`, the oras project's registry client; permission from
+//! `crate::auth`, which settles what to present before oci-client makes a
+//! request. What this module adds:
 //!
 //! - **Plain HTTP** only for a registry on loopback (`127.0.0.0/8`,
-//!   `localhost`, `[::1]`) or with `--insecure`; HTTPS otherwise.
-//! - **Where credentials may go.** Credentials go to the registry, or to the
-//!   token realm the registry names, and never in the clear: a realm on plain
-//!   HTTP is refused unless the registry or the realm is on loopback, or
-//!   `--insecure` is given. Redirects never carry them: reqwest drops the
-//!   `Authorization` header when scheme, host or port change, and oci-client
-//!   sends none to a URL outside the registry.
+//!   `localhost`) or with `--insecure`; HTTPS otherwise, with the
+//!   system's trust store (or `SSL_CERT_FILE`).
+//! - **Size limits**: a manifest is read up to 4 MiB, a blob up to its
+//!   descriptor's size, and no further. oci-client reads manifests whole, so
+//!   manifests are fetched here.
 //! - **One clear line per failure**: wrong credentials, an expired token, a
 //!   refused scope, an unreachable registry (see `Asking::explain`).
-//! - **Progress** per blob (`crate::progress`), and size limits: a blob is
-//!   read up to its descriptor's size and no further.
+//! - **Progress** per blob (`crate::progress`).
 //!
-//! The image format (what a manifest must hold, digests of what was read)
-//! is checked by the `oci-artifact` library on top of what this returns.
+//! Redirects carry no credentials: reqwest drops `Authorization` when scheme,
+//! host or port change, and oci-client sends none to a URL outside the
+//! registry. The image format (what a manifest must hold, digests of what
+//! was read) is checked by the `oci-artifact` library on top of what this
+//! returns.
 
-use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use base64::Engine as _;
 use futures_util::StreamExt;
 use oci_artifact::parse::Descriptor;
 use oci_artifact::{Layout, MEDIA_INDEX, MEDIA_MANIFEST};
@@ -30,8 +29,11 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::RegistryTokenType;
 use oci_client::{Reference, RegistryOperation};
+use sha2::Digest as _;
 
+use crate::auth::{self, Presented};
 use crate::credentials::{self, one_line, Login, Source};
 use crate::progress::Progress;
 
@@ -42,73 +44,48 @@ const PUSH_PIECE: usize = 256 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte for this long ends a transfer.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+const USER_AGENT: &str = concat!("oci-artifact/", env!("CARGO_PKG_VERSION"));
 
-/// A connection to one repository, authenticated for one operation.
+/// A connection to one repository, with permission for one operation.
 pub struct Registry {
     runtime: tokio::runtime::Runtime,
     client: oci_client::Client,
+    /// For what oci-client does not do within limits: manifests.
+    http: reqwest::Client,
+    /// `scheme://host[:port]`.
+    base: String,
     image: Reference,
-    auth: RegistryAuth,
-    /// What failure messages name.
+    presented: Presented,
     asking: Asking,
     progress: Progress,
 }
 
-/// What a failure message names: the reference as typed, the operation,
+/// What failure messages name: the reference as typed, the operation,
 /// and where the credentials came from.
-struct Asking {
-    reference: String,
-    repository: String,
-    op: RegistryOperation,
-    source: Source,
+pub struct Asking {
+    pub reference: String,
+    pub repository: String,
+    pub op: RegistryOperation,
+    pub source: Source,
+    /// The registry takes Basic auth, so a 401 means wrong credentials.
+    pub basic: bool,
 }
 
-/// Is `host` (a name, an address, or either with `:port`) on loopback?
-pub fn is_loopback(host: &str) -> bool {
-    let host = match host.rsplit_once(':') {
-        // `[::1]:5000`, `127.0.0.1:5000`, `localhost:5000`; not a bare `::1`.
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
-        _ => host,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
+/// A failure to move bytes (network, registry, auth), as opposed to an
+/// image that is wrong: `main` exits 1 for these, 3 for invalid images.
+#[derive(Debug)]
+pub struct Transfer(pub anyhow::Error);
 
-/// May credentials be sent to `realm`, the token service a registry named?
-/// `plain_ok`: the registry is on loopback, or `--insecure` was given.
-pub fn check_realm(realm: &str, plain_ok: bool) -> Result<()> {
-    let url = reqwest::Url::parse(realm).map_err(|err| {
-        anyhow!("the registry names a token realm that is not a URL ({realm:?}: {err})")
-    })?;
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if plain_ok || url.host_str().is_some_and(is_loopback) => Ok(()),
-        "http" => bail!(
-            "the registry's token realm {realm} is plain HTTP: refusing to send credentials \
-             there in the clear (--insecure allows it)"
-        ),
-        other => bail!("the registry names a token realm with scheme {other:?}: {realm}"),
+impl std::fmt::Display for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
     }
 }
 
-/// The `realm` of a `WWW-Authenticate: Bearer …` challenge, if it is one.
-fn bearer_realm(header: &str) -> Option<String> {
-    let parser = http_auth::ChallengeParser::new(header);
-    for challenge in parser.flatten() {
-        if challenge.scheme.eq_ignore_ascii_case("bearer") {
-            return challenge
-                .params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("realm"))
-                .map(|(_, v)| v.to_unescaped());
-        }
-    }
-    None
-}
+impl std::error::Error for Transfer {}
 
 impl Registry {
-    /// Resolves credentials for `reference`'s registry and authenticates
+    /// Resolves credentials for `reference`'s registry and gets permission
     /// for `op`.
     pub fn connect(
         reference: &str,
@@ -119,12 +96,15 @@ impl Registry {
         let image: Reference = reference
             .parse()
             .map_err(|err| anyhow!("{reference:?} is not an image reference: {err}"))?;
+        if op == RegistryOperation::Push && image.digest().is_some() {
+            bail!("{reference}: push takes a tag, not a digest");
+        }
         let registry = image.resolve_registry().to_string();
-        let plain_ok = insecure || is_loopback(&registry);
-        let protocol = if plain_ok {
-            ClientProtocol::HttpsExcept(vec![registry.clone()])
+        let plain_ok = insecure || auth::is_loopback(&registry);
+        let (protocol, scheme) = if plain_ok {
+            (ClientProtocol::HttpsExcept(vec![registry.clone()]), "http")
         } else {
-            ClientProtocol::Https
+            (ClientProtocol::Https, "https")
         };
         let config = ClientConfig {
             protocol,
@@ -134,71 +114,66 @@ impl Registry {
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
-            user_agent: concat!("oci-artifact/", env!("CARGO_PKG_VERSION")),
+            user_agent: USER_AGENT,
             ..Default::default()
         };
         let client = oci_client::Client::try_from(config).context("set up the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()
+            .context("set up the HTTP client")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start the async runtime")?;
         let (auth, source) = credentials::resolve(login, &registry)?;
-        let asking = Asking {
+        let base = format!("{scheme}://{registry}");
+        let mut asking = Asking {
             reference: reference.to_string(),
             repository: image.repository().to_string(),
             op,
             source,
+            basic: false,
         };
-        let this = Self {
-            runtime,
-            client,
-            image,
-            auth,
-            asking,
-            progress: Progress::new(),
-        };
-        this.authenticate(plain_ok)?;
-        Ok(this)
-    }
-
-    /// Asks the registry what auth it wants, checks where credentials would
-    /// go, and gets a token if it uses them.
-    fn authenticate(&self, plain_ok: bool) -> Result<()> {
-        let registry = self.image.resolve_registry();
-        let scheme = if plain_ok { "http" } else { "https" };
-        let url = format!("{scheme}://{registry}/v2/");
-        self.runtime.block_on(async {
-            if !matches!(self.auth, RegistryAuth::Anonymous) {
-                // oci-client sends the credentials to whatever realm the
-                // registry names; look at it first.
-                let probe = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .timeout(READ_TIMEOUT)
-                    .build()
-                    .context("set up the HTTP client")?;
-                let answer = probe
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(|err| self.asking.unreachable(&url, &err))?;
-                let challenge = answer
-                    .headers()
-                    .get(reqwest::header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok());
-                if let Some(realm) = challenge.and_then(bearer_realm) {
-                    check_realm(&realm, plain_ok)?;
+        let presented =
+            runtime.block_on(auth::negotiate(&http, &base, &auth, plain_ok, &asking))?;
+        asking.basic = matches!(presented, Presented::Basic(..));
+        // oci-client is handed the result, so that it never asks for a token
+        // itself (see `crate::auth`).
+        runtime.block_on(async {
+            match &presented {
+                Presented::Anonymous => {
+                    client
+                        .store_auth_if_needed(&registry, &RegistryAuth::Anonymous)
+                        .await
+                }
+                Presented::Bearer(token) => {
+                    client
+                        .store_auth_if_needed(&registry, &RegistryAuth::Bearer(token.clone()))
+                        .await
+                }
+                Presented::Basic(user, password) => {
+                    let basic = RegistryAuth::Basic(user.clone(), password.clone());
+                    client.store_auth_if_needed(&registry, &basic).await;
+                    for op in [RegistryOperation::Pull, RegistryOperation::Push] {
+                        let token = RegistryTokenType::Basic(user.clone(), password.clone());
+                        client.tokens.insert(&image, op, token).await;
+                    }
                 }
             }
-            let token = self
-                .client
-                .auth(&self.image, &self.auth, self.asking.op)
-                .await
-                .map_err(|err| self.explain(err))?;
-            if let Some(token) = token {
-                check_token_time(&token)?;
-            }
-            Ok(())
+        });
+        Ok(Self {
+            runtime,
+            client,
+            http,
+            base,
+            image,
+            presented,
+            asking,
+            progress: Progress::new(),
         })
     }
 
@@ -222,6 +197,9 @@ impl Registry {
                 }
                 let bytes = bytes::Bytes::from(blob.bytes.clone());
                 let size = bytes.len() as u64;
+                if size == 0 {
+                    tracker.finish("empty");
+                }
                 let pieces: Vec<bytes::Bytes> = (0..bytes.len())
                     .step_by(PUSH_PIECE)
                     .map(|at| bytes.slice(at..(at + PUSH_PIECE).min(bytes.len())))
@@ -248,42 +226,96 @@ impl Registry {
     /// The manifest, following an index to the manifest it picks (see
     /// `oci_artifact::parse::manifest_of_index`).
     pub fn manifest(&self) -> Result<Vec<u8>> {
+        self.runtime
+            .block_on(async {
+                let mut reference = self
+                    .image
+                    .digest()
+                    .or(self.image.tag())
+                    .unwrap_or("latest")
+                    .to_string();
+                for _ in 0..2 {
+                    let bytes = self.get_manifest(&reference).await?;
+                    let value: serde_json::Value =
+                        serde_json::from_slice(&bytes).context("the manifest is not JSON")?;
+                    match oci_artifact::parse::manifest_of_index(&value)? {
+                        None => return Ok(bytes),
+                        Some(desc) => reference = desc.digest,
+                    }
+                }
+                bail!("nested indexes are not supported")
+            })
+            .map_err(|err| anyhow::Error::new(Transfer(err)))
+    }
+
+    /// `GET /v2/REPOSITORY/manifests/REFERENCE`, read up to 4 MiB, checked
+    /// against the digest when the reference is one.
+    async fn get_manifest(&self, reference: &str) -> Result<Vec<u8>> {
         let accept = [
             MEDIA_MANIFEST,
             MEDIA_INDEX,
             "application/vnd.docker.distribution.manifest.v2+json",
             "application/vnd.docker.distribution.manifest.list.v2+json",
-        ];
-        self.runtime.block_on(async {
-            let mut image = self.image.clone();
-            for _ in 0..2 {
-                let (bytes, _digest) = self
-                    .client
-                    .pull_manifest_raw(&image, &self.auth, &accept)
-                    .await
-                    .map_err(|err| self.explain(err))?;
-                if bytes.len() > MAX_MANIFEST_BYTES {
-                    bail!(
-                        "the manifest of {} is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit",
-                        self.asking.reference,
-                        bytes.len()
-                    );
-                }
-                let value: serde_json::Value =
-                    serde_json::from_slice(&bytes).context("the manifest is not JSON")?;
-                match oci_artifact::parse::manifest_of_index(&value)? {
-                    None => return Ok(bytes.to_vec()),
-                    Some(desc) => image = image.clone_with_digest(desc.digest),
-                }
+        ]
+        .join(", ");
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base, self.asking.repository
+        );
+        let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, accept);
+        request = match &self.presented {
+            Presented::Anonymous => request,
+            Presented::Basic(user, password) => request.basic_auth(user, Some(password)),
+            Presented::Bearer(token) => request.bearer_auth(token),
+        };
+        let answer = request
+            .send()
+            .await
+            .map_err(|err| self.asking.unreachable(&url, &err))?;
+        let status = answer.status().as_u16();
+        if status != 200 {
+            let body = auth::read_limited(answer, 64 << 10)
+                .await
+                .unwrap_or_default();
+            let said = auth::error_message(&String::from_utf8_lossy(&body));
+            return Err(match status {
+                401 | 403 => self.asking.denied(status, &said),
+                404 => anyhow!(
+                    "{}: manifest {reference} not found ({})",
+                    self.asking.reference,
+                    one_line(&said)
+                ),
+                _ => anyhow!(
+                    "{}: GET {url} answered HTTP {status}: {}",
+                    self.asking.reference,
+                    one_line(&said)
+                ),
+            });
+        }
+        let bytes = auth::read_limited(answer, MAX_MANIFEST_BYTES)
+            .await
+            .with_context(|| format!("{}: the manifest", self.asking.reference))?;
+        if reference.starts_with("sha256:") {
+            let got = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+            if got != reference {
+                bail!(
+                    "{}: the registry sent a manifest whose digest is {got}, not {reference}",
+                    self.asking.reference
+                );
             }
-            bail!("nested indexes are not supported")
-        })
+        }
+        Ok(bytes)
     }
 
     /// A blob's bytes, read up to its descriptor's size. oci-client checks
     /// them against the digest; the caller checks them again with the rest
     /// of the image.
     pub fn blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        self.fetch_blob(desc)
+            .map_err(|err| anyhow::Error::new(Transfer(err)))
+    }
+
+    fn fetch_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         if desc.size > oci_artifact::parse::MAX_BLOB_BYTES {
             bail!("blob {} is too large ({} bytes)", desc.digest, desc.size);
         }
@@ -300,7 +332,11 @@ impl Registry {
                 .await
                 .map_err(|err| self.explain(err))?;
             let mut tracker = self.progress.track("pull", &desc.digest, desc.size);
-            let mut out = Vec::with_capacity(desc.size as usize);
+            if desc.size == 0 {
+                tracker.finish("empty");
+            }
+            // The descriptor's word is not enough to reserve it all up front.
+            let mut out = Vec::with_capacity((desc.size as usize).min(1 << 20));
             while let Some(piece) = stream.stream.next().await {
                 let piece = piece
                     .map_err(|err| anyhow!("pull blob {}: {}", desc.digest, innermost(&err)))?;
@@ -338,7 +374,7 @@ impl Asking {
             OciDistributionError::AuthenticationFailure(body) => anyhow!(
                 "{what}: the token service refused {}: {}",
                 self.source,
-                one_line(&error_message(&body))
+                one_line(&auth::error_message(&body))
             ),
             OciDistributionError::UnauthorizedError { .. } => self.denied(401, ""),
             OciDistributionError::RegistryError { envelope, url } => {
@@ -361,11 +397,14 @@ impl Asking {
                 if unauthorized {
                     self.denied(401, &said.join("; "))
                 } else {
-                    anyhow!("{what}: the registry answered {} ({url})", said.join("; "))
+                    anyhow!(
+                        "{what}: the registry answered {} ({url})",
+                        one_line(&said.join("; "))
+                    )
                 }
             }
             OciDistributionError::ServerError { code, url, message } => match code {
-                401 | 403 => self.denied(code, &error_message(&message)),
+                401 | 403 => self.denied(code, &auth::error_message(&message)),
                 404 => anyhow!("{what}: not found ({url})"),
                 _ => anyhow!("{what}: HTTP {code} from {url}: {}", one_line(&message)),
             },
@@ -387,7 +426,7 @@ impl Asking {
     }
 
     /// No answer from `url`: refused, timed out, or TLS failed.
-    fn unreachable(&self, url: &str, err: &reqwest::Error) -> anyhow::Error {
+    pub fn unreachable(&self, url: &str, err: &reqwest::Error) -> anyhow::Error {
         let cause = innermost(err);
         let hint = if cause.contains("certificate") {
             " (for a registry with a private CA, add the CA to the system's trust store, or \
@@ -399,12 +438,19 @@ impl Asking {
     }
 
     /// The registry refused the operation.
-    fn denied(&self, code: u16, said: &str) -> anyhow::Error {
+    pub fn denied(&self, code: u16, said: &str) -> anyhow::Error {
         let said = if said.is_empty() {
             String::new()
         } else {
             format!(": {}", one_line(said))
         };
+        if self.basic && code == 401 {
+            return anyhow!(
+                "{}: the registry rejected {} (HTTP 401{said}): wrong user or password?",
+                self.reference,
+                self.source
+            );
+        }
         let remedy = match self.source {
             Source::Anonymous => "; give --username and --password-stdin, or log in with docker",
             _ => "",
@@ -432,133 +478,4 @@ fn innermost(err: &dyn std::error::Error) -> String {
         deepest = cause;
     }
     one_line(&deepest.to_string())
-}
-
-/// The message in a token service's error answer: distribution's
-/// `{"errors":[{"message":…}]}`, `{"details":…}` (Docker Hub), or the text.
-fn error_message(body: &str) -> String {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
-        return body.to_string();
-    };
-    value
-        .pointer("/errors/0/message")
-        .or_else(|| value.get("details"))
-        .or_else(|| value.get("error_description"))
-        .or_else(|| value.get("error"))
-        .and_then(|m| m.as_str())
-        .map_or_else(|| body.to_string(), str::to_string)
-}
-
-/// A JWT's `exp` claim, if the token is a JWT that has one. Registries may
-/// issue opaque tokens; those are not looked into.
-fn token_expiry(token: &str) -> Option<u64> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()?
-        .get("exp")?
-        .as_u64()
-}
-
-/// Refuses a token that has already expired: the registry would only
-/// answer 401, and the cause is a clock or the token service.
-fn check_token_time(token: &str) -> Result<()> {
-    let Some(exp) = token_expiry(token) else {
-        return Ok(());
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    if exp <= now {
-        bail!(
-            "the token service issued a token that expired {} s ago; check the clocks of this \
-             machine and of the token service",
-            now - exp
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_hosts() {
-        for host in [
-            "127.0.0.1:5000",
-            "127.3.2.1",
-            "localhost",
-            "LOCALHOST:80",
-            "[::1]:5000",
-            "::1",
-        ] {
-            assert!(is_loopback(host), "{host}");
-        }
-        for host in [
-            "10.0.0.1:5000",
-            "example.com",
-            "ghcr.io",
-            "[::2]:5000",
-            "localhost.example.com",
-        ] {
-            assert!(!is_loopback(host), "{host}");
-        }
-    }
-
-    #[test]
-    fn credentials_never_go_to_a_plain_http_realm_elsewhere() {
-        assert!(check_realm("https://auth.example.com/token", false).is_ok());
-        assert!(check_realm("http://127.0.0.1:5001/token", false).is_ok());
-        assert!(check_realm("http://auth.example.com/token", true).is_ok());
-        let err = check_realm("http://auth.example.com/token", false).unwrap_err();
-        assert!(err.to_string().contains("in the clear"), "{err}");
-        assert!(check_realm("ftp://auth.example.com/", true).is_err());
-        assert!(check_realm("not a url", true).is_err());
-    }
-
-    #[test]
-    fn reads_the_realm_of_a_bearer_challenge() {
-        assert_eq!(
-            bearer_realm(
-                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#
-            )
-            .as_deref(),
-            Some("https://auth.docker.io/token")
-        );
-        assert_eq!(bearer_realm(r#"Basic realm="Registry Realm""#), None);
-    }
-
-    #[test]
-    fn expired_jwts_are_refused_and_opaque_tokens_pass() {
-        let jwt = |exp: u64| {
-            let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(format!(r#"{{"exp":{exp}}}"#));
-            format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln")
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert!(check_token_time(&jwt(now + 300)).is_ok());
-        let err = check_token_time(&jwt(now - 300)).unwrap_err();
-        assert!(err.to_string().contains("expired"), "{err}");
-        assert!(check_token_time("opaque-token").is_ok());
-    }
-
-    #[test]
-    fn token_service_messages() {
-        assert_eq!(
-            error_message(r#"{"errors":[{"code":"UNAUTHORIZED","message":"wrong password"}]}"#),
-            "wrong password"
-        );
-        assert_eq!(
-            error_message(r#"{"details":"incorrect username"}"#),
-            "incorrect username"
-        );
-        assert_eq!(error_message("plain text"), "plain text");
-    }
 }
