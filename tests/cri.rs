@@ -1,8 +1,9 @@
 //! Through containerd's real CRI plugin, as the kubelet drives it: a pod on
 //! the `wasmtime` handler whose two wasm containers (one from the tar-layer
 //! image, one from the CNCF artifact, pulled from a loopback registry) run in
-//! one shim, beside a Linux sandbox (pause) and a busybox sidecar that the
-//! shim hands to runc, with everyone's output in CRI's log files.
+//! one shim, which plays the pod's sandbox itself (no pause process), beside
+//! busybox sidecars that the shim hands to runc (with the pod's pause, started
+//! for them), with everyone's output in CRI's log files.
 //!
 //! One test function, so that only one CRI containerd runs at a time: CRI
 //! always works in the `k8s.io` namespace.
@@ -57,7 +58,7 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         oci_artifact(&["push", &tar, reference])?.ok()?;
     }
 
-    let cd = Containerd::start_cri(&CriOptions {
+    let mut cd = Containerd::start_cri(&CriOptions {
         registry: Some(reg.addr.clone()),
         stream_processor: is_16,
         ..Default::default()
@@ -85,14 +86,24 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         assert_eq!(status.exit_code, 0, "{name}: {status:?}");
         wait_log_line(&pod, name, 0, HELLO).await?;
     }
-    // Both wasm containers: one pod, one shim. The sandbox is pause, a
-    // Linux binary: runc's shim runs it.
+    // Both wasm containers: one pod, one shim, and no other process. The
+    // shim plays the pod's sandbox itself: no pause, no runc shim.
     let shims = cd.shim_pids();
     assert_eq!(shims.len(), 1, "one shim per pod, found {shims:?}");
-    assert_eq!(cd.runc_shim_pids().len(), 1, "runc runs the pod's pause");
+    assert_eq!(
+        cd.runc_shim_pids(),
+        Vec::<u32>::new(),
+        "no pause, no runc shim"
+    );
+    assert_eq!(
+        harness::children(shims[0]),
+        Vec::<u32>::new(),
+        "the shim started no process"
+    );
 
     // A Linux sidecar beside the wasm containers, in the same pod: it runs,
-    // logs, answers an exec probe, and stops on StopContainer.
+    // logs, answers an exec probe, and stops on StopContainer. It is the
+    // first Linux container: the pod's pause starts for it, under runc.
     let sidecar = cri
         .start_container(
             &pod,
@@ -114,6 +125,53 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     assert_eq!((code, out.as_str()), (0, "probe ok\n"));
     assert_eq!(cd.shim_pids(), shims, "still the pod's one wasm shim");
     assert_eq!(cd.runc_shim_pids().len(), 1, "one runc shim per pod");
+
+    // A second sidecar shares the first one's IPC and UTS namespaces (the
+    // pause's), which are not the host's.
+    let second = cri
+        .start_container(&pod, "sidecar2", &busybox, &["/busybox", "sleep", "600"])
+        .await?;
+    let mut seen = Vec::new();
+    for id in [&sidecar, &second] {
+        let (code, out) = cri
+            .exec_sync(
+                id,
+                &[
+                    "/busybox",
+                    "sh",
+                    "-c",
+                    "/busybox readlink /proc/self/ns/ipc; /busybox readlink /proc/self/ns/uts",
+                ],
+            )
+            .await?;
+        assert_eq!(code, 0, "{out}");
+        seen.push(out);
+    }
+    assert_eq!(seen[0], seen[1], "the sidecars share IPC and UTS");
+    let host = format!(
+        "{}\n{}\n",
+        std::fs::read_link("/proc/self/ns/ipc")?.display(),
+        std::fs::read_link("/proc/self/ns/uts")?.display()
+    );
+    assert_ne!(seen[0], host, "the pod's IPC and UTS are not the host's");
+    assert_eq!(
+        cd.runc_shim_pids().len(),
+        1,
+        "still one runc shim, one pause"
+    );
+
+    // containerd restarts in the middle of the pod's life: the sidecar
+    // still answers, and a new wasm container still starts.
+    tokio::task::block_in_place(|| cd.restart())?;
+    let mut cri = Cri::connect_ready(&cd.socket).await?;
+    let (code, out) = cri
+        .exec_sync(&sidecar, &["/busybox", "echo", "after restart"])
+        .await
+        .context("ExecSync on the sidecar after a containerd restart")?;
+    assert_eq!((code, out.as_str()), (0, "after restart\n"));
+    assert_eq!(cd.shim_pids(), shims, "the same shim");
+
+    cri.stop_container(&second, 5).await?;
     cri.stop_container(&sidecar, 5).await?;
     let status = cri.wait_exited(&sidecar).await?;
     assert_eq!(
@@ -142,10 +200,50 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     assert_eq!(cd.shim_pids(), shims, "still the pod's one shim");
 
     cri.stop_container(&sleeper, 5).await?;
-    for id in [&from_image, &from_artifact, &again, &sleeper, &sidecar] {
+    for id in [
+        &from_image,
+        &from_artifact,
+        &again,
+        &sleeper,
+        &sidecar,
+        &second,
+    ] {
         cri.remove_container(id).await?;
     }
     cri.remove_pod(&pod).await.context("remove the pod")?;
+    assert_eq!(
+        cd.runc_shim_pids(),
+        Vec::<u32>::new(),
+        "the pause went with its pod"
+    );
+
+    // kill -9 of a pod's shim, with a wasm container and a sidecar (and so
+    // the pause) running: containerd's cleanup (`shim delete`) stops what
+    // runc runs too, and the pod is then removed cleanly.
+    let pod = cri
+        .run_pod("killed-pod", &tmp.path().join("logs-killed"), "wasmtime")
+        .await?;
+    let sleeper = cri
+        .start_container(&pod, "sleeper", &harness::image_name("sleep"), &[])
+        .await?;
+    let sidecar = cri
+        .start_container(&pod, "sidecar", &busybox, &["/busybox", "sleep", "600"])
+        .await?;
+    let shim = cd.shim_pids();
+    assert_eq!(shim.len(), 1, "{shim:?}");
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shim[0] as i32, libc::SIGKILL) };
+    for id in [&sleeper, &sidecar] {
+        cri.wait_exited(id)
+            .await
+            .with_context(|| format!("{id} after kill -9 of the shim"))?;
+    }
+    for id in [&sleeper, &sidecar] {
+        cri.remove_container(id).await?;
+    }
+    cri.remove_pod(&pod)
+        .await
+        .context("remove the pod whose shim was killed")?;
 
     // 20 pods at once, each with a wasm container: all run, log and exit 0.
     let mut set = tokio::task::JoinSet::new();

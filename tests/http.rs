@@ -27,7 +27,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -577,8 +577,8 @@ async fn a_pod_serves_in_its_own_network_namespace() -> Result<()> {
     let pod = cri
         .run_pod_with_network("http-pod", &tmp.path().join("logs"), "wasmtime")
         .await?;
-    let pause = cri.sandbox_pid(&pod).await?;
-    let netns = PathBuf::from(format!("/proc/{pause}/ns/net"));
+    // The pod's own namespace, as CRI pinned it; no pause holds it.
+    let netns = cri.virtual_pod_netns(&pod, &cd.shim_pids()).await?;
     let id = cri.start_container(&pod, "web", &image, &[]).await?;
 
     // Served on the pod's loopback, port 8080 (the default), from inside

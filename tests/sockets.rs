@@ -574,8 +574,8 @@ async fn a_pod_guest_uses_the_pods_network_namespace() -> Result<()> {
     let pod = cri
         .run_pod_with_network("net-pod", &tmp.path().join("logs"), "wasmtime")
         .await?;
-    let pause = cri.sandbox_pid(&pod).await?;
-    let netns = std::path::PathBuf::from(format!("/proc/{pause}/ns/net"));
+    // The pod's own namespace, as CRI pinned it; no pause holds it.
+    let netns = cri.virtual_pod_netns(&pod, &cd.shim_pids()).await?;
     let inside = Server::in_namespace(&netns)?;
     // On another port than the pod's server, or an escape would look like
     // a success.

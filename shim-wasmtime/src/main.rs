@@ -11,6 +11,7 @@ mod http;
 mod lifecycle;
 mod logging;
 mod runc;
+mod sandbox;
 mod service;
 mod shim;
 mod wasm;

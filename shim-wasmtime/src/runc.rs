@@ -39,7 +39,9 @@ const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 const RUNC_WORK_DIR: &str = "runc-shim";
 
 /// A file in a handed-over container's bundle: `shim delete` after a crash
-/// passes the cleanup on to the runc shim too.
+/// passes the cleanup on to the runc shim too. It holds the id runc knows
+/// the container by (a pod's pause, started in its sandbox's bundle, has an
+/// id of its own; see `sandbox.rs`).
 const MARKER: &str = "wasmtime-handed-to-runc";
 
 /// How to run the runc shim's command line, as containerd would.
@@ -50,6 +52,12 @@ pub struct Launcher {
     address: String,
     publish_binary: String,
     debug: bool,
+    /// `cgroup.procs` of the cgroups the shim started in. The runc shim is
+    /// started there, as containerd starts it beside ours, not in the
+    /// container cgroup the shim joins: it may start after that (a pod's
+    /// pause starts with its first Linux container), and it must neither
+    /// count against a wasm container nor keep its cgroup busy.
+    origin: Vec<std::ffi::CString>,
 }
 
 impl Launcher {
@@ -100,12 +108,20 @@ impl Launcher {
         publish_binary: &str,
         debug: bool,
     ) -> Self {
+        let origin = crate::lifecycle::cgroup::own_dirs()
+            .into_iter()
+            .filter_map(|d| {
+                std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                    .ok()
+            })
+            .collect();
         Self {
             binary,
             namespace: namespace.to_string(),
             address: address.to_string(),
             publish_binary: publish_binary.to_string(),
             debug,
+            origin,
         }
     }
 
@@ -123,6 +139,24 @@ impl Launcher {
             cmd.arg("-debug");
         }
         cmd.args(["-id", id]);
+        let origin = self.origin.clone();
+        // SAFETY: between fork and exec the child only calls open(2),
+        // write(2) and close(2), which are async-signal-safe, on strings
+        // made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for procs in &origin {
+                    // Writing 0 moves the writer. Best effort: if it fails
+                    // the runc shim stays in the shim's cgroup, as before.
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 
@@ -478,7 +512,7 @@ impl Delegates {
             shim
         };
         req.options = runc_options(&bundle).into();
-        let _ = std::fs::write(bundle.join(MARKER), b"");
+        let _ = std::fs::write(bundle.join(MARKER), id.as_bytes());
         let res: ttrpc::Result<api::CreateTaskResponse> = shim.call(ctx, "Create", &req).await;
         match &res {
             Ok(r) => tracing::info!(
@@ -490,6 +524,55 @@ impl Delegates {
             Err(_) => self.forget(ctx, &id).await,
         }
         res.map_err(|e| explain(&id, e))
+    }
+
+    /// Start, for a container of the shim's own making (a pod's pause):
+    /// its pid.
+    pub async fn start(&self, ctx: &TtrpcContext, id: &str) -> ttrpc::Result<u32> {
+        let shim = self
+            .get(id)
+            .ok_or_else(|| ttrpc::Error::Others(format!("{id} was not handed to runc")))?;
+        let req = api::StartRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let res: api::StartResponse = shim.call(ctx, "Start", &req).await?;
+        Ok(res.pid)
+    }
+
+    /// Kill, for a container of the shim's own making; a failure (it is
+    /// gone already) is only logged.
+    pub async fn kill(&self, ctx: &TtrpcContext, id: &str, signal: u32) {
+        let Some(shim) = self.get(id) else { return };
+        let req = api::KillRequest {
+            id: id.to_string(),
+            signal,
+            all: true,
+            ..Default::default()
+        };
+        let res: ttrpc::Result<api::Empty> = shim.call(ctx, "Kill", &req).await;
+        if let Err(err) = res {
+            tracing::debug!(id, "kill: {err}");
+        }
+    }
+
+    /// Stops and deletes a container of the shim's own making, and forgets
+    /// it: SIGKILL, Wait, Delete.
+    pub async fn remove(&self, ctx: &TtrpcContext, id: &str) {
+        let Some(shim) = self.get(id) else { return };
+        self.kill(ctx, id, libc::SIGKILL as u32).await;
+        let wait = api::WaitRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let _: ttrpc::Result<api::WaitResponse> = shim.ask(10, "Wait", &wait).await;
+        let delete = api::DeleteRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        if let Err(err) = self.delete(ctx, &shim, &delete).await {
+            tracing::warn!(id, "delete: {err}");
+        }
     }
 
     async fn connect(&self, endpoint: Endpoint) -> ttrpc::Result<Arc<RuncShim>> {
@@ -603,9 +686,15 @@ pub async fn delete_after_crash(
     launcher: Option<Launcher>,
     runc_socket: &str,
 ) -> Option<api::DeleteResponse> {
-    if !bundle.join(MARKER).exists() {
+    let Ok(handed) = std::fs::read_to_string(bundle.join(MARKER)) else {
         return None;
-    }
+    };
+    // An empty marker names the container itself.
+    let id = if handed.is_empty() {
+        id
+    } else {
+        handed.as_str()
+    };
     let Some(launcher) = launcher else {
         tracing::warn!(
             id,

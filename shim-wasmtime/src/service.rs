@@ -27,13 +27,17 @@ use crate::lifecycle::cgroup::ShimCgroup;
 use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
 use crate::lifecycle::limits::{self, Change, LiveLimits};
+use crate::lifecycle::pause::Pause;
 use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task, TaskParts};
 use crate::lifecycle::{entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
 use crate::runc::Delegates;
+use crate::sandbox::{self, Sandboxes};
 
 pub struct TaskService {
     runtime: Arc<dyn Runtime>,
+    /// Pods whose sandbox container the shim plays itself (`sandbox.rs`).
+    sandboxes: Sandboxes,
     /// Output still being copied to clients; the shim waits for it to exit.
     pumps: Pumps,
     /// The cgroup the shim joins, sized for all its tasks together.
@@ -79,6 +83,8 @@ pub struct Lifetime {
 /// Who runs a container, decided in Create.
 enum Route {
     Runc,
+    /// A pod's sandbox container, played by the shim (nothing mounted).
+    Sandbox(Box<Mounted>),
     Wasm(Box<Mounted>),
 }
 
@@ -120,6 +126,7 @@ impl TaskService {
     ) -> Self {
         Self {
             runtime,
+            sandboxes: Sandboxes::default(),
             delegates: Arc::new(delegates),
             cgroup: Arc::new(ShimCgroup::new(lifetime.join_cgroup)),
             lifetime,
@@ -157,7 +164,14 @@ impl TaskService {
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let spec = load_spec(&bundle).await?;
+        let mut spec = load_spec(&bundle).await?;
+        if sandbox::is_sandbox(&spec) {
+            return Ok(Route::Sandbox(Box::new(Mounted {
+                spec,
+                rootfs: rootfs::path(&bundle),
+                mounted: false,
+            })));
+        }
         let spec_root = spec.root().as_ref().map(|r| r.path().clone());
         let (rootfs, mounted) = rootfs::mount(&bundle, &req.rootfs, spec_root.as_deref()).await?;
         let linux = {
@@ -172,6 +186,12 @@ impl TaskService {
             }
             return Ok(Route::Runc);
         }
+        if let Err(err) = self.sandboxes.rewrite_wasm(&mut spec) {
+            if mounted {
+                rootfs::unmount(&rootfs).await;
+            }
+            return Err(err);
+        }
         Ok(Route::Wasm(Box::new(Mounted {
             spec,
             rootfs,
@@ -179,10 +199,13 @@ impl TaskService {
         })))
     }
 
+    /// Creates a task that `runtime` runs: the wasm engine, or the pause
+    /// of a sandbox.
     async fn do_create(
         &self,
         req: api::CreateTaskRequest,
         mounted: Mounted,
+        runtime: &dyn Runtime,
     ) -> Result<api::CreateTaskResponse> {
         let Mounted {
             spec,
@@ -220,7 +243,11 @@ impl TaskService {
         };
         let t_io = t0.elapsed();
         let initial = Limits::from_spec(&spec);
-        self.cgroup.join_first(&spec, initial);
+        // A sandbox's cgroup is where runc would put a real pause: the
+        // shim joins its first wasm container's, as without one.
+        if !self.sandboxes.contains(&id) {
+            self.cgroup.join_first(&spec, initial);
+        }
         let t_cgroup = t0.elapsed();
         let usage = Arc::new(Usage::default());
         let limits = Arc::new(LiveLimits::new(initial));
@@ -230,7 +257,7 @@ impl TaskService {
             spec,
             limits: limits.clone(),
         };
-        let prepared = match self.runtime.prepare(&task_spec, usage.clone()).await {
+        let prepared = match runtime.prepare(&task_spec, usage.clone()).await {
             Ok(p) => p,
             Err(err) => {
                 unmount().await;
@@ -286,6 +313,36 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+
+    /// A pod's sandbox: a task of the shim's own, and the real pause at once
+    /// when its spec needs a process to hold something.
+    async fn create_sandbox(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+        mounted: Mounted,
+    ) -> Result<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        let eager = Sandboxes::needs_pause_at_once(&mounted.spec);
+        self.sandboxes.add(&req, &mounted.spec);
+        let created = self.do_create(req, mounted, &Pause).await;
+        let created = match created {
+            Ok(created) if eager => self
+                .sandboxes
+                .start_pause(ctx, &self.delegates, &id)
+                .await
+                .map(|_| created),
+            other => other,
+        };
+        if created.is_err() {
+            self.sandboxes.remove(ctx, &self.delegates, &id).await;
+            if let Ok(task) = self.get(&id) {
+                let _ = task.kill(libc::SIGKILL as u32);
+                self.tasks().remove(&id);
+            }
+        }
+        created
     }
 
     async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
@@ -450,8 +507,14 @@ impl TaskService {
     }
 
     /// The limits of all the shim's tasks together.
+    /// The limits of the tasks that run guests (a sandbox runs none).
     fn total_limits(&self) -> Limits {
-        let all: Vec<Limits> = self.tasks().values().map(|t| t.limits.get()).collect();
+        let all: Vec<Limits> = self
+            .tasks()
+            .iter()
+            .filter(|(id, _)| !self.sandboxes.contains(id))
+            .map(|(_, t)| t.limits.get())
+            .collect();
         limits::total(&all)
     }
 
@@ -460,6 +523,7 @@ impl TaskService {
         let all: Vec<Limits> = self
             .tasks()
             .iter()
+            .filter(|(k, _)| !self.sandboxes.contains(k))
             .map(|(k, t)| if k == id { replaced } else { t.limits.get() })
             .collect();
         limits::total(&all)
@@ -610,8 +674,12 @@ impl TaskApi for TaskService {
         crate::logging::follow_if_gone(bundle);
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
-            Ok(Route::Runc) => return self.delegates.create(ctx, req).await,
-            Ok(Route::Wasm(mounted)) => self.do_create(req, *mounted).await,
+            Ok(Route::Runc) => match self.sandboxes.join_linux(ctx, &self.delegates, &req).await {
+                Ok(()) => return self.delegates.create(ctx, req).await,
+                Err(err) => Err(err),
+            },
+            Ok(Route::Sandbox(mounted)) => self.create_sandbox(ctx, req, *mounted).await,
+            Ok(Route::Wasm(mounted)) => self.do_create(req, *mounted, &*self.runtime).await,
             Err(err) => Err(err),
         };
         let res = res.map_err(|e| e.context(format!("create container {id}")));
@@ -664,7 +732,12 @@ impl TaskApi for TaskService {
         forward_to_runc!(self, ctx, "Kill", req);
         let id = req.id.clone();
         tracing::info!(id, signal = req.signal, "kill");
-        reply("kill", &id, self.do_kill(req).await)
+        let signal = req.signal;
+        let res = self.do_kill(req).await;
+        if res.is_ok() {
+            self.sandboxes.kill(ctx, &self.delegates, &id, signal).await;
+        }
+        reply("kill", &id, res)
     }
 
     async fn delete(
@@ -677,7 +750,11 @@ impl TaskApi for TaskService {
         if let Some(runc) = self.delegates.get(&id) {
             return self.delegates.delete(ctx, &runc, &req).await;
         }
-        reply("delete", &id, self.do_delete(req).await)
+        let res = self.do_delete(req).await;
+        if res.is_ok() {
+            self.sandboxes.remove(ctx, &self.delegates, &id).await;
+        }
+        reply("delete", &id, res)
     }
 
     async fn pids(

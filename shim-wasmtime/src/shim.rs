@@ -214,7 +214,11 @@ impl Shim for WasmtimeShim {
                 .as_ref()
                 .and_then(|l| l.cgroups_path().as_ref())
             {
-                crate::lifecycle::cgroup::remove_all(&path.to_string_lossy());
+                let path = path.to_string_lossy().into_owned();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::lifecycle::cgroup::remove_all(&path)
+                })
+                .await;
             }
         }
         Ok(api::DeleteResponse {

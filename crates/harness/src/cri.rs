@@ -42,6 +42,27 @@ impl Cri {
         })
     }
 
+    /// As [`Self::connect`], once the CRI plugin has loaded its state (after
+    /// a containerd restart it answers "server is not initialized yet" for
+    /// a while): waits up to 20 s for `Status` to answer.
+    pub async fn connect_ready(socket: &Path) -> Result<Self> {
+        let mut cri = Self::connect(socket).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match cri
+                .runtime
+                .status(k8s_cri::v1::StatusRequest::default())
+                .await
+            {
+                Ok(_) => return Ok(cri),
+                Err(err) if Instant::now() > deadline => {
+                    bail!("CRI not ready within 20 s: {}", err.message())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     pub async fn pull(&mut self, image: &str) -> Result<String> {
         let r = self
             .images
@@ -211,7 +232,56 @@ impl Cri {
 
     /// The pid of the pod's sandbox (pause) process, from containerd's
     /// verbose PodSandboxStatus.
+    /// The pod's network namespace, as CRI pinned it (`/var/run/netns/…`):
+    /// the network path of the sandbox's spec. `None` for a pod on the
+    /// host's network.
+    pub async fn sandbox_netns(&mut self, pod: &Pod) -> Result<Option<PathBuf>> {
+        let info = self.sandbox_info(pod).await?;
+        let namespaces = info
+            .pointer("/runtimeSpec/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .with_context(|| format!("no runtimeSpec namespaces in {info}"))?;
+        Ok(namespaces
+            .iter()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .map(PathBuf::from))
+    }
+
+    /// The pod's own network namespace, after checking that the wasm shim
+    /// plays the pod's sandbox (no pause holds the namespace): the sandbox
+    /// task's pid is one of `shims`, and that process stays out of the pod's
+    /// namespace (in the host's).
+    pub async fn virtual_pod_netns(&mut self, pod: &Pod, shims: &[u32]) -> Result<PathBuf> {
+        let netns = self
+            .sandbox_netns(pod)
+            .await?
+            .context("the pod has no network namespace of its own")?;
+        let sandbox = self.sandbox_pid(pod).await?;
+        if !shims.contains(&sandbox) {
+            bail!("the sandbox task's pid {sandbox} is not the shim's ({shims:?})");
+        }
+        let inode =
+            |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let shim_ns = PathBuf::from(format!("/proc/{sandbox}/ns/net"));
+        if inode(&shim_ns)? == inode(&netns)? {
+            bail!("the shim (pid {sandbox}) is inside the pod's network namespace");
+        }
+        Ok(netns)
+    }
+
+    /// The pid the pod's sandbox task reports.
     pub async fn sandbox_pid(&mut self, pod: &Pod) -> Result<u32> {
+        let info = self.sandbox_info(pod).await?;
+        info["pid"]
+            .as_u64()
+            .filter(|pid| *pid > 0)
+            .map(|pid| pid as u32)
+            .with_context(|| format!("no sandbox pid in {info}"))
+    }
+
+    /// PodSandboxStatus's verbose `info`.
+    async fn sandbox_info(&mut self, pod: &Pod) -> Result<serde_json::Value> {
         let status = self
             .runtime
             .pod_sandbox_status(PodSandboxStatusRequest {
@@ -222,12 +292,7 @@ impl Cri {
             .context("PodSandboxStatus")?
             .into_inner();
         let info = status.info.get("info").context("no verbose info")?;
-        let info: serde_json::Value = serde_json::from_str(info)?;
-        info["pid"]
-            .as_u64()
-            .filter(|pid| *pid > 0)
-            .map(|pid| pid as u32)
-            .with_context(|| format!("no sandbox pid in {info}"))
+        Ok(serde_json::from_str(info)?)
     }
 
     /// UpdateContainerResources, as the kubelet resizes a pod in place.

@@ -800,6 +800,25 @@ pub fn processes_with_args(needles: &[&str]) -> Vec<u32> {
         .collect()
 }
 
+/// The child processes of `pid`, from every one of its threads.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut all: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// Runs `f` on a thread that entered the network namespace at `netns`
 /// (sockets it makes stay there).
 pub fn in_netns<T: Send + 'static>(

@@ -85,6 +85,12 @@ fn hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The cgroup folders this process is in now, one per hierarchy: before it
+/// joins a container's, where it was started.
+pub fn own_dirs() -> Vec<PathBuf> {
+    hierarchies().iter().map(|h| current(h)).collect()
+}
+
 /// Checks a cgroupfs path: absolute, no `..`, nothing odd.
 fn relative(cgroups_path: &str) -> Result<PathBuf> {
     let p = Path::new(cgroups_path);
@@ -379,13 +385,50 @@ fn remove(dir: &Path) {
     }
 }
 
-/// Removes a dead shim's cgroups (`shim delete`).
+/// Removes a dead shim's cgroups (`shim delete`). A shim killed with
+/// SIGKILL closes its sockets (which is how containerd learns of its death
+/// and runs `shim delete`) before the kernel takes it out of its cgroups, so
+/// while every process left in one is exiting, this waits for them: up to
+/// 2 s in all (containerd gives `shim delete` 5 s). A cgroup a live process
+/// is in (a live shim's, whose container containerd cleans up after its
+/// connection closed) is left at once.
 pub fn remove_all(cgroups_path: &str) {
-    if let Ok(rel) = relative(cgroups_path) {
-        for h in hierarchies() {
-            remove(&h.join(&rel));
+    let Ok(rel) = relative(cgroups_path) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for h in hierarchies() {
+        let dir = h.join(&rel);
+        while std::time::Instant::now() < deadline {
+            match std::fs::remove_dir(&dir) {
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) && only_exiting(&dir) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => break,
+            }
         }
+        remove(&dir);
     }
+}
+
+/// Whether every process in the cgroup at `dir` is exiting (or gone).
+fn only_exiting(dir: &Path) -> bool {
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+        return false;
+    };
+    procs.split_whitespace().all(|pid| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return true;
+        };
+        // After the `(comm)`: state, ppid, pgrp, session, tty, tpgid, flags.
+        let flags = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        const PF_EXITING: u64 = 0x4;
+        flags & PF_EXITING != 0
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod limits;
 pub mod netns;
+pub mod pause;
 pub mod rootfs;
 pub mod stdio;
 pub mod task;
