@@ -5,7 +5,9 @@
 #   2. builds the example guests and their images (hello, hello-native,
 #      sleep, busybox),
 #   3. runs `target/release/wasm-bench --quick --out target/bench`, which
-#      prints the table and writes results.json and results.svg there.
+#      prints the table and writes results.json and results.svg there, the
+#      same in shared mode (target/bench/shared), and the pod measures
+#      (`--cri`) on each containerd version (target/bench/cri/VERSION).
 # Needs root (containers mount their root filesystems) and the packages of
 # scripts/install-deps.sh (busybox-static for the busybox image).
 #
@@ -71,6 +73,19 @@ if [[ $status -eq 0 ]]; then
     mkdir -p "$OUT/shared"
     target/release/wasm-bench --quick --shared --out "$OUT/shared" "${extra[@]}" |
         tee "$OUT/shared/table.txt" || status=$?
+fi
+
+# CRI mode: pod cold start through containerd's CRI, on every containerd
+# version the tests use (wasm pods start no pause, which differs by version).
+if [[ $status -eq 0 ]]; then
+    mapfile -t VERSIONS < <(bash scripts/fetch-containerd.sh)
+    for line in "${VERSIONS[@]}"; do
+        read -r version bindir <<<"$line"
+        step "running wasm-bench --quick --cri on containerd $version (results in $OUT/cri/$version)"
+        mkdir -p "$OUT/cri/$version"
+        CONTAINERD_BIN_DIR="$bindir" target/release/wasm-bench --quick --cri \
+            --out "$OUT/cri/$version" "${extra[@]}" | tee "$OUT/cri/$version/table.txt" || status=$?
+    done
 fi
 
 case $status in

@@ -8,7 +8,10 @@
 //! One test function, so that only one CRI containerd runs at a time: CRI
 //! always works in the `k8s.io` namespace.
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 use harness::cri::{wait_log_line, Cri};
 use harness::{oci_artifact, Containerd, CriOptions, Registry};
 
@@ -96,7 +99,7 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         "no pause, no runc shim"
     );
     assert_eq!(
-        harness::children(shims[0]),
+        harness::children(shims[0])?,
         Vec::<u32>::new(),
         "the shim started no process"
     );
@@ -126,8 +129,9 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     assert_eq!(cd.shim_pids(), shims, "still the pod's one wasm shim");
     assert_eq!(cd.runc_shim_pids().len(), 1, "one runc shim per pod");
 
-    // A second sidecar shares the first one's IPC and UTS namespaces (the
-    // pause's), which are not the host's.
+    // A second sidecar shares the first one's IPC and UTS namespaces: the
+    // pause's. Its IPC namespace is the pod's own, not the host's (its UTS
+    // is the host's: the pod is on the host's network).
     let second = cri
         .start_container(&pod, "sidecar2", &busybox, &["/busybox", "sleep", "600"])
         .await?;
@@ -148,12 +152,23 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         seen.push(out);
     }
     assert_eq!(seen[0], seen[1], "the sidecars share IPC and UTS");
-    let host = format!(
-        "{}\n{}\n",
-        std::fs::read_link("/proc/self/ns/ipc")?.display(),
-        std::fs::read_link("/proc/self/ns/uts")?.display()
+    let pause = pause_pid(&pod.id)?;
+    let ns = |pid: &str, kind: &str| -> Result<String> {
+        Ok(std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))?
+            .display()
+            .to_string())
+    };
+    let pause = pause.to_string();
+    assert_eq!(
+        seen[0],
+        format!("{}\n{}\n", ns(&pause, "ipc")?, ns(&pause, "uts")?),
+        "the sidecars are in the pause's IPC and UTS namespaces"
     );
-    assert_ne!(seen[0], host, "the pod's IPC and UTS are not the host's");
+    assert_ne!(
+        ns(&pause, "ipc")?,
+        ns("self", "ipc")?,
+        "the pod's IPC namespace is not the host's"
+    );
     assert_eq!(
         cd.runc_shim_pids().len(),
         1,
@@ -210,12 +225,9 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     ] {
         cri.remove_container(id).await?;
     }
+    let removed = pod.id.clone();
     cri.remove_pod(&pod).await.context("remove the pod")?;
-    assert_eq!(
-        cd.runc_shim_pids(),
-        Vec::<u32>::new(),
-        "the pause went with its pod"
-    );
+    gone(&cd, &removed, "the pause went with its pod").await?;
 
     // kill -9 of a pod's shim, with a wasm container and a sidecar (and so
     // the pause) running: containerd's cleanup (`shim delete`) stops what
@@ -241,9 +253,11 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     for id in [&sleeper, &sidecar] {
         cri.remove_container(id).await?;
     }
+    let killed = pod.id.clone();
     cri.remove_pod(&pod)
         .await
         .context("remove the pod whose shim was killed")?;
+    gone(&cd, &killed, "the pause went with the killed shim's pod").await?;
 
     // 20 pods at once, each with a wasm container: all run, log and exit 0.
     let mut set = tokio::task::JoinSet::new();
@@ -268,4 +282,41 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         done??;
     }
     tokio::task::spawn_blocking(move || cd.assert_clean()).await?
+}
+
+/// runc's state folder for a pod's pause (`<sandbox id>-pause`, in CRI's
+/// `k8s.io` namespace).
+fn pause_state(pod: &str) -> PathBuf {
+    PathBuf::from(format!("/run/containerd/runc/k8s.io/{pod}-pause"))
+}
+
+/// The pid of the pod's pause, from runc's state.
+fn pause_pid(pod: &str) -> Result<u32> {
+    let path = pause_state(pod).join("state.json");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+    )?;
+    state["init_process_pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .with_context(|| format!("no init_process_pid in {}", path.display()))
+}
+
+/// Waits (up to 10 s) until pod `pod`'s pause is gone from runc and no runc
+/// shim is left.
+async fn gone(cd: &Containerd, pod: &str, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shims = cd.runc_shim_pids();
+        if shims.is_empty() && !pause_state(pod).exists() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: runc shims {shims:?}, runc state of {pod}-pause: {}",
+                pause_state(pod).exists()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -579,6 +579,10 @@ async fn a_pod_serves_in_its_own_network_namespace() -> Result<()> {
         .await?;
     // The pod's own namespace, as CRI pinned it; no pause holds it.
     let netns = cri.virtual_pod_netns(&pod, &cd.shim_pids()).await?;
+    assert!(
+        cd.runc_shim_pids().is_empty(),
+        "no pause for a pod of wasm containers"
+    );
     let id = cri.start_container(&pod, "web", &image, &[]).await?;
 
     // Served on the pod's loopback, port 8080 (the default), from inside

@@ -576,6 +576,26 @@ async fn a_pod_guest_uses_the_pods_network_namespace() -> Result<()> {
         .await?;
     // The pod's own namespace, as CRI pinned it; no pause holds it.
     let netns = cri.virtual_pod_netns(&pod, &cd.shim_pids()).await?;
+    assert!(
+        cd.runc_shim_pids().is_empty(),
+        "no pause for a pod of wasm containers"
+    );
+    // The sandbox's net.* sysctls (containerd 2.x sets two on every such
+    // pod) hold in the pod's namespace, with no pause to apply them.
+    for (key, value) in cri.sandbox_sysctls(&pod).await? {
+        if !key.starts_with("net.") {
+            continue;
+        }
+        let file = std::path::Path::new("/proc/sys").join(key.replace('.', "/"));
+        let got = in_netns(&netns, move || std::fs::read_to_string(file))??;
+        // The kernel prints ranges with a tab.
+        let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            words(&got),
+            words(&value),
+            "sysctl {key} in the pod's namespace"
+        );
+    }
     let inside = Server::in_namespace(&netns)?;
     // On another port than the pod's server, or an escape would look like
     // a success.

@@ -540,6 +540,19 @@ impl Delegates {
         Ok(res.pid)
     }
 
+    /// Waits, with no time limit, for a container of the shim's own making
+    /// to exit; `None` when its runc shim can no longer say.
+    pub async fn wait(&self, id: &str) -> Option<u32> {
+        let shim = self.get(id)?;
+        let req = api::WaitRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let res: ttrpc::Result<api::WaitResponse> =
+            shim.call_with(0, HashMap::new(), "Wait", &req).await;
+        res.ok().map(|r| r.exit_status)
+    }
+
     /// Kill, for a container of the shim's own making; a failure (it is
     /// gone already) is only logged.
     pub async fn kill(&self, ctx: &TtrpcContext, id: &str, signal: u32) {

@@ -5,36 +5,41 @@
 //! `io.kubernetes.cri.container-type=sandbox`), running Kubernetes' `pause`,
 //! and builds every later container's namespace paths from that task's pid:
 //! `/proc/<pid>/ns/{net,ipc,uts,pid}`. For wasm containers none of it is
-//! needed: they run in this process, and CRI pins the pod's network
-//! namespace itself (the sandbox spec's network path, `/var/run/netns/…`).
-//! So the sandbox is a task of the shim's own (`lifecycle::pause`), which
-//! reports the shim's pid, and then:
+//! needed: they run in this process, and CRI pins a pod's network namespace
+//! itself (the sandbox spec's network path, `/var/run/netns/…`). So the
+//! sandbox is a task of the shim's own (`lifecycle::pause`), which reports
+//! the shim's pid, and then:
 //!
 //! - **wasm containers** whose network path is `/proc/<shim pid>/ns/net`
-//!   get the pod's pinned namespace instead. No guest ever lands in the
-//!   shim's own (the host's) namespace: a path into the shim's namespaces
-//!   with no pod of this shim behind it fails Create.
+//!   get the pod's pinned namespace instead, or none for a pod on the
+//!   host's network. No guest lands in the shim's own namespace by
+//!   accident: such a path with no pod of this shim behind it fails Create.
 //! - **Linux containers** (sidecars) need namespaces a process holds, so
 //!   the first one starts the real pause then, through runc as any Linux
-//!   container, in the pod's pinned network namespace, as container
-//!   `<sandbox id>-pause` in the sandbox's bundle. Its namespace paths
-//!   replace the shim's in the sidecar's `config.json`; later sidecars
-//!   reuse it. Wasm containers already running are untouched.
-//! - **A sandbox spec with sysctls** (which only a process in the pod's
-//!   namespaces can hold, and runc applies), or with a new network
-//!   namespace of no path (which CRI never asks for), gets the real pause at
-//!   once.
+//!   container, as container `<sandbox id>-pause` in the sandbox's bundle
+//!   (so in the pod's pinned network namespace). Its namespace paths
+//!   replace the shim's in the sidecar's `config.json`; later sidecars reuse
+//!   it. Wasm containers already running are untouched. If the pause exits,
+//!   the sandbox task ends too, as the pod's sandbox would.
+//! - **Sysctls** in the sandbox's spec: `net.*` ones are written into the
+//!   pod's network namespace at Create (containerd 2.x sets two on every
+//!   pod with a network of its own); others (IPC) need a process in the
+//!   pod's IPC namespace, which only Linux containers share, so runc applies
+//!   them when the pause starts.
+//! - **Not played**, so run by a real pause as before: a sandbox with a user
+//!   namespace, or a network namespace of no path (CRI then pins the
+//!   sandbox process's own, which must not be the shim's), or `net.*`
+//!   sysctls on the host's network (runc refuses them).
 //! - Killing and deleting the sandbox kills and deletes its real pause; a
 //!   marker in the bundle lets `shim delete` do the same after a crash.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim::TtrpcContext;
 use containerd_shim_protos::api;
+use containerd_shim_protos::ttrpc;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
@@ -53,6 +58,37 @@ pub fn is_sandbox(spec: &Spec) -> bool {
         .is_some_and(|t| t == "sandbox")
 }
 
+/// Is `spec` a sandbox the shim can play (see the module's doc)?
+pub fn can_play(spec: &Spec) -> bool {
+    if !is_sandbox(spec) {
+        return false;
+    }
+    let user_ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|all| all.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+    match Network::of(spec) {
+        Network::Join(_) => !user_ns,
+        Network::Host => !user_ns && net_sysctls(spec).is_empty(),
+        Network::New => false,
+    }
+}
+
+/// The sandbox spec's `net.*` sysctls.
+fn net_sysctls(spec: &Spec) -> Vec<(String, String)> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .map(|all| {
+            all.iter()
+                .filter(|(k, _)| k.starts_with("net."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `/proc/<shim pid>/ns/`: where CRI points containers of a pod whose
 /// sandbox this shim plays.
 fn own_ns_prefix() -> String {
@@ -65,17 +101,27 @@ pub struct Sandboxes {
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
-pub struct Pod {
+struct Pod {
     id: String,
-    /// The pod's network: the namespace CRI pinned, or the host's. (A new
-    /// one without a path, which CRI never asks for, is the real pause's.)
-    network: Network,
-    /// The real pause's pid, for the sync readers, once it runs.
-    pause_pid: AtomicU32,
+    /// The pinned network namespace; `None`: the host's.
+    netns: Option<PathBuf>,
     /// The sandbox's Create, to start the real pause from.
     create: api::CreateTaskRequest,
-    /// The real pause's pid, once a Linux container needed it.
-    pause: tokio::sync::Mutex<Option<u32>>,
+    /// The real pause. Held while a Linux container is created, so that
+    /// the pod cannot go (nor its pause) halfway through.
+    pause: tokio::sync::Mutex<Pause>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    NotStarted,
+    Running {
+        pid: u32,
+    },
+    /// It exited on its own: the pod's sandbox is over.
+    Exited,
+    /// The sandbox was deleted.
+    Removed,
 }
 
 impl Pod {
@@ -94,27 +140,40 @@ impl Sandboxes {
         self.pods().contains_key(id)
     }
 
-    /// Records a sandbox at its Create.
-    pub fn add(&self, req: &api::CreateTaskRequest, spec: &Spec) {
-        let pod = Pod {
-            id: req.id.clone(),
-            network: Network::of(spec),
-            pause_pid: AtomicU32::new(0),
-            create: req.clone(),
-            pause: tokio::sync::Mutex::new(None),
+    /// Records a sandbox at its Create, and writes its `net.*` sysctls into
+    /// its network namespace.
+    pub async fn add(&self, req: &api::CreateTaskRequest, spec: &Spec) -> Result<()> {
+        let netns = match Network::of(spec) {
+            Network::Join(path) => Some(path),
+            Network::Host | Network::New => None,
         };
-        self.pods().insert(req.id.clone(), Arc::new(pod));
+        let sysctls = net_sysctls(spec);
+        if let (Some(path), false) = (&netns, sysctls.is_empty()) {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || write_sysctls(&path, &sysctls))
+                .await
+                .kind(Kind::Internal, "write the pod's sysctls")??;
+        }
+        let pod = Arc::new(Pod {
+            id: req.id.clone(),
+            netns,
+            create: req.clone(),
+            pause: tokio::sync::Mutex::new(Pause::NotStarted),
+        });
+        let mut pods = self.pods();
+        if pods.contains_key(&req.id) {
+            return Err(Error::new(
+                Kind::AlreadyExists,
+                format!("sandbox {} already exists", req.id),
+            ));
+        }
+        pods.insert(req.id.clone(), pod);
+        Ok(())
     }
 
-    /// Whether a sandbox spec holds what only a process in the pod's
-    /// namespaces can hold, so that the real pause must start at once.
-    pub fn needs_pause_at_once(spec: &Spec) -> bool {
-        let sysctls = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.sysctl().as_ref())
-            .is_some_and(|s| !s.is_empty());
-        sysctls || Network::of(spec) == Network::New
+    /// Forgets sandbox `id` after its Create failed (it has no pause yet).
+    pub fn forget(&self, id: &str) {
+        self.pods().remove(id);
     }
 
     /// A wasm container's spec: its network path into the shim's own
@@ -141,128 +200,91 @@ impl Sandboxes {
         let Some(pod) = pod else {
             return Err(own_namespace(pod_id.as_deref()));
         };
-        match &pod.network {
-            Network::Join(path) => {
+        match &pod.netns {
+            Some(path) => {
                 namespaces[at].set_path(Some(path.clone()));
             }
-            Network::Host => {
+            None => {
                 namespaces.remove(at);
             }
-            Network::New => match pod.pause_pid.load(SeqCst) {
-                0 => return Err(own_namespace(Some(&pod.id))),
-                pid => {
-                    namespaces[at].set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/net"))));
-                }
-            },
         }
         Ok(())
     }
 
-    /// A Linux container's bundle: if it joins the shim's namespaces (its
-    /// pod's sandbox is played by this shim), the pod's real pause is
-    /// started if it is not yet, and the container's namespace paths are
-    /// pointed at it in `config.json`.
-    pub async fn join_linux(
+    /// Creates a Linux container through runc. If it joins the shim's
+    /// namespaces (its pod's sandbox is played here), the pod's real pause
+    /// is started first if it is not yet, and the container's namespace
+    /// paths are pointed at it in `config.json`. `on_pause_exit(pod id)`
+    /// ends the sandbox task when the pause exits on its own.
+    pub async fn create_linux(
         &self,
         ctx: &TtrpcContext,
-        delegates: &Delegates,
-        req: &api::CreateTaskRequest,
-    ) -> Result<()> {
+        delegates: &Arc<Delegates>,
+        req: api::CreateTaskRequest,
+        on_pause_exit: impl FnOnce(String) + Send + 'static,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
         let path = Path::new(&req.bundle).join("config.json");
-        let bytes = tokio::fs::read(&path)
-            .await
-            .kind(Kind::InvalidArgument, format!("read {}", path.display()))?;
-        let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
-            .kind(Kind::InvalidArgument, format!("parse {}", path.display()))?;
-        let own = own_ns_prefix();
-        let joins_own = namespace_paths(&mut spec).any(|p| p.starts_with(&own));
-        if !joins_own {
-            return Ok(());
-        }
-        let pod_id = spec
-            .pointer(&format!("/annotations/{}", SANDBOX_ID.replace('/', "~1")))
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        let pod = pod_id
-            .as_deref()
-            .and_then(|id| self.pods().get(id).cloned());
-        let Some(pod) = pod else {
-            return Err(own_namespace(pod_id.as_deref()));
+        let (spec, pod) = match self.pod_of_linux(&path).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return delegates.create(ctx, req).await,
+            Err(err) => return Err(err.context(format!("create container {}", req.id)).into()),
         };
-        let pid = self.ensure_pause(ctx, delegates, &pod).await?;
-        let theirs = format!("/proc/{pid}/ns/");
-        for path in namespace_paths(&mut spec) {
-            if let Some(kind) = path.strip_prefix(&own) {
-                *path = format!("{theirs}{kind}");
+        // Held until runc has the container: the pause cannot go meanwhile.
+        let mut pause = pod.pause.lock().await;
+        let pid = match *pause {
+            Pause::Running { pid } => pid,
+            Pause::NotStarted => {
+                let pid = start_pause(ctx, delegates, &pod).await?;
+                *pause = Pause::Running { pid };
+                watch_pause(delegates.clone(), pod.clone(), pid, on_pause_exit);
+                pid
             }
+            Pause::Exited | Pause::Removed => {
+                return Err(Error::new(
+                    Kind::FailedPrecondition,
+                    format!(
+                        "create container {}: pod {} has ended (its sandbox is stopped)",
+                        req.id, pod.id
+                    ),
+                )
+                .into())
+            }
+        };
+        if let Err(err) = point_at(&path, spec, pid).await {
+            return Err(err.context(format!("create container {}", req.id)).into());
         }
-        let bytes = serde_json::to_vec(&spec).kind(Kind::Internal, "encode config.json")?;
-        let tmp = path.with_extension("json.wasmtime");
-        tokio::fs::write(&tmp, bytes)
-            .await
-            .kind(Kind::Internal, format!("write {}", tmp.display()))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .kind(Kind::Internal, format!("replace {}", path.display()))?;
         tracing::info!(
             id = req.id,
             pod = pod.id,
             pause = pid,
             "joins the pod's pause"
         );
-        Ok(())
+        delegates.create(ctx, req).await
     }
 
-    /// The real pause of sandbox `id` now, for a spec that needs it at once.
-    pub async fn start_pause(
-        &self,
-        ctx: &TtrpcContext,
-        delegates: &Delegates,
-        id: &str,
-    ) -> Result<u32> {
-        let pod = self
-            .pods()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("sandbox {id} not found")))?;
-        self.ensure_pause(ctx, delegates, &pod).await
-    }
-
-    /// Starts the pod's real pause through runc, once.
-    async fn ensure_pause(
-        &self,
-        ctx: &TtrpcContext,
-        delegates: &Delegates,
-        pod: &Pod,
-    ) -> Result<u32> {
-        let mut pause = pod.pause.lock().await;
-        if let Some(pid) = *pause {
-            return Ok(pid);
-        }
-        let id = pod.pause_id();
-        let mut req = pod.create.clone();
-        req.id = id.clone();
-        delegates
-            .create(ctx, req)
+    /// The spec of the Linux container at `path` and its pod, if it joins
+    /// the shim's namespaces; an error if it does and its pod is unknown.
+    async fn pod_of_linux(&self, path: &Path) -> Result<Option<(serde_json::Value, Arc<Pod>)>> {
+        let bytes = tokio::fs::read(path)
             .await
-            .map_err(|e| Error::new(Kind::Internal, format!("create the pod's pause: {e}")))?;
-        let pid = match delegates.start(ctx, &id).await {
-            Ok(pid) => pid,
-            Err(err) => {
-                delegates.remove(ctx, &id).await;
-                return Err(Error::new(
-                    Kind::Internal,
-                    format!("start the pod's pause: {err}"),
-                ));
-            }
-        };
-        tracing::info!(
-            pod = pod.id,
-            pid,
-            "started the pod's pause for its Linux containers"
-        );
-        *pause = Some(pid);
-        Ok(pid)
+            .kind(Kind::InvalidArgument, format!("read {}", path.display()))?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+            .kind(Kind::InvalidArgument, format!("parse {}", path.display()))?;
+        let own = own_ns_prefix();
+        if !namespace_paths(&mut spec).any(|p| p.starts_with(&own)) {
+            return Ok(None);
+        }
+        let pod_id = spec
+            .pointer(&format!("/annotations/{}", SANDBOX_ID.replace('/', "~1")))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        match pod_id
+            .as_deref()
+            .and_then(|id| self.pods().get(id).cloned())
+        {
+            Some(pod) => Ok(Some((spec, pod))),
+            None => Err(own_namespace(pod_id.as_deref())),
+        }
     }
 
     /// A signal for sandbox `id` also reaches its real pause.
@@ -270,7 +292,7 @@ impl Sandboxes {
         let Some(pod) = self.pods().get(id).cloned() else {
             return;
         };
-        if pod.pause.lock().await.is_some() {
+        if matches!(*pod.pause.lock().await, Pause::Running { .. }) {
             delegates.kill(ctx, &pod.pause_id(), signal).await;
         }
     }
@@ -280,11 +302,136 @@ impl Sandboxes {
         let Some(pod) = self.pods().remove(id) else {
             return;
         };
-        if pod.pause.lock().await.take().is_some() {
-            pod.pause_pid.store(0, SeqCst);
+        let mut pause = pod.pause.lock().await;
+        let had = matches!(*pause, Pause::Running { .. } | Pause::Exited);
+        *pause = Pause::Removed;
+        if had {
             delegates.remove(ctx, &pod.pause_id()).await;
         }
     }
+}
+
+/// Starts the pod's real pause through runc; its pid.
+async fn start_pause(ctx: &TtrpcContext, delegates: &Delegates, pod: &Pod) -> Result<u32> {
+    let id = pod.pause_id();
+    let mut req = pod.create.clone();
+    req.id = id.clone();
+    let failed = |what: &str, err: ttrpc::Error| {
+        let said = match err {
+            ttrpc::Error::RpcStatus(status) => status.message().to_string(),
+            other => other.to_string(),
+        };
+        Error::new(Kind::Internal, format!("{what} the pod's pause: {said}"))
+    };
+    delegates
+        .create(ctx, req)
+        .await
+        .map_err(|e| failed("create", e))?;
+    match delegates.start(ctx, &id).await {
+        Ok(pid) => {
+            tracing::info!(
+                pod = pod.id,
+                pid,
+                "started the pod's pause for its Linux containers"
+            );
+            Ok(pid)
+        }
+        Err(err) => {
+            delegates.remove(ctx, &id).await;
+            Err(failed("start", err))
+        }
+    }
+}
+
+/// When the pause exits on its own, the pod's sandbox is over: the state
+/// says so and `on_exit` ends the sandbox task.
+fn watch_pause(
+    delegates: Arc<Delegates>,
+    pod: Arc<Pod>,
+    pid: u32,
+    on_exit: impl FnOnce(String) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let status = delegates.wait(&pod.pause_id()).await;
+        let mut pause = pod.pause.lock().await;
+        if *pause == (Pause::Running { pid }) {
+            tracing::warn!(
+                pod = pod.id,
+                pid,
+                ?status,
+                "the pod's pause exited: ending its sandbox"
+            );
+            *pause = Pause::Exited;
+            drop(pause);
+            on_exit(pod.id.clone());
+        }
+    });
+}
+
+/// Points a Linux container's namespace paths into the shim's at the
+/// pause's (pid `pid`), and writes its `config.json` back.
+async fn point_at(path: &Path, mut spec: serde_json::Value, pid: u32) -> Result<()> {
+    let own = own_ns_prefix();
+    let theirs = format!("/proc/{pid}/ns/");
+    for p in namespace_paths(&mut spec) {
+        if let Some(kind) = p.strip_prefix(&own) {
+            *p = format!("{theirs}{kind}");
+        }
+    }
+    let bytes = serde_json::to_vec(&spec).kind(Kind::Internal, "encode config.json")?;
+    let tmp = path.with_extension("json.wasmtime");
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .kind(Kind::Internal, format!("write {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .kind(Kind::Internal, format!("replace {}", path.display()))
+}
+
+/// Writes `net.*` sysctls in the network namespace at `netns`, from a
+/// thread that enters it (`/proc/sys/net` is the opener's namespace's).
+fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<()> {
+    for (key, _) in sysctls {
+        let sane = key.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !sane {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                format!("sysctl {key:?} is not a sysctl name"),
+            ));
+        }
+    }
+    let ns =
+        std::fs::File::open(netns).kind(Kind::Internal, format!("open {}", netns.display()))?;
+    let sysctls = sysctls.to_vec();
+    std::thread::spawn(move || -> Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) on a namespace file we hold; only this
+        // short-lived thread moves.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(Error::new(
+                Kind::Internal,
+                format!(
+                    "enter the pod's network namespace: {}",
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+        for (key, value) in &sysctls {
+            let file = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&file, value).kind(
+                Kind::InvalidArgument,
+                format!("sysctl {key}={value} in the pod's network namespace"),
+            )?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| Error::new(Kind::Internal, "the sysctl thread panicked"))?
 }
 
 /// The pod a container belongs to (CRI's `sandbox-id` annotation).
@@ -328,20 +475,26 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    #[test]
-    fn wasm_containers_get_the_pods_pinned_namespace() {
+    fn request(id: &str) -> api::CreateTaskRequest {
+        api::CreateTaskRequest {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn wasm_containers_get_the_pods_pinned_namespace() {
         let sandboxes = Sandboxes::default();
         let sandbox = spec(serde_json::json!({
             "ociVersion": "1.0.2",
             "annotations": {CONTAINER_TYPE: "sandbox"},
             "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/cni-1"}, {"type": "ipc"}]}
         }));
-        assert!(is_sandbox(&sandbox));
-        let req = api::CreateTaskRequest {
-            id: "pod1".into(),
-            ..Default::default()
-        };
-        sandboxes.add(&req, &sandbox);
+        assert!(can_play(&sandbox));
+        sandboxes.add(&request("pod1"), &sandbox).await.unwrap();
+        // The same id again is refused, and the first stays.
+        assert!(sandboxes.add(&request("pod1"), &sandbox).await.is_err());
+        assert!(sandboxes.contains("pod1"));
         let own = format!("{}net", own_ns_prefix());
         let mut container = spec(serde_json::json!({
             "ociVersion": "1.0.2",
@@ -369,7 +522,7 @@ mod tests {
             "linux": {"namespaces": [{"type": "network", "path": own}]}
         }));
         let err = sandboxes.rewrite_wasm(&mut stray).unwrap_err();
-        assert_eq!(err.kind(), Kind::FailedPrecondition);
+        assert!(matches!(err.kind(), Kind::FailedPrecondition));
 
         // A pod on the host's network: so is its container.
         let host_pod = spec(serde_json::json!({
@@ -377,11 +530,7 @@ mod tests {
             "annotations": {CONTAINER_TYPE: "sandbox"},
             "linux": {"namespaces": [{"type": "ipc"}]}
         }));
-        let req = api::CreateTaskRequest {
-            id: "pod3".into(),
-            ..Default::default()
-        };
-        sandboxes.add(&req, &host_pod);
+        sandboxes.add(&request("pod3"), &host_pod).await.unwrap();
         let mut on_host = spec(serde_json::json!({
             "ociVersion": "1.0.2",
             "annotations": {SANDBOX_ID: "pod3"},
@@ -407,13 +556,45 @@ mod tests {
     }
 
     #[test]
-    fn sysctls_need_the_real_pause() {
-        let with = spec(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "linux": {"sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"}}
-        }));
-        assert!(Sandboxes::needs_pause_at_once(&with));
-        let without = spec(serde_json::json!({"ociVersion": "1.0.2", "linux": {}}));
-        assert!(!Sandboxes::needs_pause_at_once(&without));
+    fn which_sandboxes_the_shim_plays() {
+        let with = |linux: serde_json::Value| {
+            spec(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "annotations": {CONTAINER_TYPE: "sandbox"},
+                "linux": linux
+            }))
+        };
+        let pinned = serde_json::json!({"type": "network", "path": "/var/run/netns/cni-1"});
+        // A pinned network, with net sysctls (written by the shim): played.
+        assert!(can_play(&with(serde_json::json!({
+            "namespaces": [pinned.clone()],
+            "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"}
+        }))));
+        // A user namespace, or a network of no path: a real pause.
+        assert!(!can_play(&with(serde_json::json!({
+            "namespaces": [pinned, {"type": "user"}]
+        }))));
+        assert!(!can_play(&with(serde_json::json!({
+            "namespaces": [{"type": "network"}]
+        }))));
+        // net sysctls on the host's network: runc's to refuse.
+        assert!(!can_play(&with(serde_json::json!({
+            "sysctl": {"net.ipv4.ping_group_range": "0 1"}
+        }))));
+        assert!(can_play(&with(serde_json::json!({
+            "sysctl": {"kernel.shm_rmid_forced": "1"}
+        }))));
+        // Not a sandbox at all.
+        assert!(!can_play(&spec(serde_json::json!({"ociVersion": "1.0.2"}))));
+    }
+
+    #[test]
+    fn sysctl_names_are_checked_before_any_write() {
+        let err = write_sysctls(
+            Path::new("/nonexistent"),
+            &[("net.ipv4/../../x".to_string(), "1".to_string())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a sysctl name"), "{err}");
     }
 }

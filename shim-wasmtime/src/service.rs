@@ -165,7 +165,7 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let mut spec = load_spec(&bundle).await?;
-        if sandbox::is_sandbox(&spec) {
+        if sandbox::can_play(&spec) {
             return Ok(Route::Sandbox(Box::new(Mounted {
                 spec,
                 rootfs: rootfs::path(&bundle),
@@ -315,32 +315,17 @@ impl TaskService {
         })
     }
 
-    /// A pod's sandbox: a task of the shim's own, and the real pause at once
-    /// when its spec needs a process to hold something.
+    /// A pod's sandbox: a task of the shim's own (`sandbox.rs`).
     async fn create_sandbox(
         &self,
-        ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
         mounted: Mounted,
     ) -> Result<api::CreateTaskResponse> {
         let id = req.id.clone();
-        let eager = Sandboxes::needs_pause_at_once(&mounted.spec);
-        self.sandboxes.add(&req, &mounted.spec);
+        self.sandboxes.add(&req, &mounted.spec).await?;
         let created = self.do_create(req, mounted, &Pause).await;
-        let created = match created {
-            Ok(created) if eager => self
-                .sandboxes
-                .start_pause(ctx, &self.delegates, &id)
-                .await
-                .map(|_| created),
-            other => other,
-        };
         if created.is_err() {
-            self.sandboxes.remove(ctx, &self.delegates, &id).await;
-            if let Ok(task) = self.get(&id) {
-                let _ = task.kill(libc::SIGKILL as u32);
-                self.tasks().remove(&id);
-            }
+            self.sandboxes.forget(&id);
         }
         created
     }
@@ -539,7 +524,12 @@ impl TaskService {
     }
 
     async fn resize_cgroup_now(&self) {
-        if self.tasks().is_empty() {
+        let guests = self
+            .tasks()
+            .keys()
+            .filter(|id| !self.sandboxes.contains(id))
+            .count();
+        if guests == 0 {
             return;
         }
         if let Err(err) = self.cgroup.resize(self.total_limits()).await {
@@ -674,11 +664,25 @@ impl TaskApi for TaskService {
         crate::logging::follow_if_gone(bundle);
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
-            Ok(Route::Runc) => match self.sandboxes.join_linux(ctx, &self.delegates, &req).await {
-                Ok(()) => return self.delegates.create(ctx, req).await,
-                Err(err) => Err(err),
-            },
-            Ok(Route::Sandbox(mounted)) => self.create_sandbox(ctx, req, *mounted).await,
+            Ok(Route::Runc) => {
+                // If the pod's pause exits, its sandbox ends with it.
+                let tasks = self.tasks.clone();
+                let end_sandbox = move |pod: String| {
+                    let task = tasks
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&pod)
+                        .cloned();
+                    if let Some(task) = task {
+                        let _ = task.kill(libc::SIGKILL as u32);
+                    }
+                };
+                return self
+                    .sandboxes
+                    .create_linux(ctx, &self.delegates, req, end_sandbox)
+                    .await;
+            }
+            Ok(Route::Sandbox(mounted)) => self.create_sandbox(req, *mounted).await,
             Ok(Route::Wasm(mounted)) => self.do_create(req, *mounted, &*self.runtime).await,
             Err(err) => Err(err),
         };

@@ -13,6 +13,7 @@ mod image;
 mod lifecycle;
 mod measures;
 mod memory;
+mod pods;
 mod progress;
 mod report;
 mod results;
@@ -87,6 +88,11 @@ struct Cli {
     /// of no pod, instead of one per container.
     #[arg(long)]
     shared: bool,
+    /// CRI mode: only pod cold start through containerd's CRI (RunPodSandbox
+    /// to the container's exit and first log line), wasm pods against runc
+    /// pods, with host networking, a CNI network, and a sidecar.
+    #[arg(long)]
+    cri: bool,
     /// Snapshotter to prepare root filesystems with.
     #[arg(long, default_value = "overlayfs")]
     snapshotter: String,
@@ -269,7 +275,9 @@ async fn run(cli: Cli) -> Result<bool> {
         unix_time,
     )
     .await;
-    if let Some(cd) = &private {
+    // The shim's own timings, from the run's containerd (the pod measures
+    // run on containerds of their own).
+    if let Some(cd) = private.as_ref().filter(|_| !cli.cri) {
         report_start_to_entry(&cd.log(), &cli.out);
         report_instantiation(&cd.log(), &cli.out);
     }
@@ -524,10 +532,34 @@ async fn bench(
         cli.snapshotter.clone(),
     ));
 
+    let pod_images = pods::PodImages {
+        hello: [
+            name(&images.hello, "hello"),
+            name(&images.hello_native, "hello-native"),
+        ],
+        sleep: [
+            name(&images.sleep, "sleep"),
+            name(&images.busybox, "busybox"),
+        ],
+        busybox: name(&images.busybox, "busybox"),
+        tars: vec![
+            images.hello.0.clone(),
+            images.hello_native.0.clone(),
+            images.sleep.0.clone(),
+            images.busybox.0.clone(),
+        ],
+    };
     let mut collected = Vec::new();
     let mut errors = Vec::new();
+    let measuring = async {
+        if cli.cri {
+            run_pod_measures(&b, &pod_images, &mut collected, &mut errors).await
+        } else {
+            run_measures(&b, &http_setup, &mut collected, &mut errors).await
+        }
+    };
     let interrupted = tokio::select! {
-        () = run_measures(&b, &http_setup, &mut collected, &mut errors) => false,
+        () = measuring => false,
         _ = tokio::signal::ctrl_c() => true,
     };
     if interrupted {
@@ -575,6 +607,25 @@ async fn bench(
     let (json, svg) = report::write(&results, &cli.out)?;
     eprintln!("wrote {} and {}", json.display(), svg.display());
     Ok(results.errors.is_empty())
+}
+
+/// `--cri`: the pod measures alone.
+async fn run_pod_measures(
+    b: &Arc<Bench>,
+    images: &pods::PodImages,
+    collected: &mut Vec<Measure>,
+    errors: &mut Vec<MeasureError>,
+) {
+    match pods::pods(b, images).await {
+        Ok(m) => collected.extend(m),
+        Err(err) => {
+            warn(&format!("pods failed: {err:#}"));
+            errors.push(MeasureError {
+                measure: "pods".to_string(),
+                error: format!("{err:#}"),
+            });
+        }
+    }
 }
 
 /// Runs the measures in order, recording each one's result or error.

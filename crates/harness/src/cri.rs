@@ -270,6 +270,20 @@ impl Cri {
         Ok(netns)
     }
 
+    /// The sysctls of the pod's sandbox spec.
+    pub async fn sandbox_sysctls(&mut self, pod: &Pod) -> Result<Vec<(String, String)>> {
+        let info = self.sandbox_info(pod).await?;
+        Ok(info
+            .pointer("/runtimeSpec/linux/sysctl")
+            .and_then(|s| s.as_object())
+            .map(|all| {
+                all.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// The pid the pod's sandbox task reports.
     pub async fn sandbox_pid(&mut self, pod: &Pod) -> Result<u32> {
         let info = self.sandbox_info(pod).await?;

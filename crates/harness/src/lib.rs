@@ -800,23 +800,27 @@ pub fn processes_with_args(needles: &[&str]) -> Vec<u32> {
         .collect()
 }
 
-/// The child processes of `pid`, from every one of its threads.
-pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut all: Vec<u32> = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|text| {
+/// The child processes of `pid`, from every one of its threads
+/// (`/proc/PID/task/TID/children`).
+pub fn children(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut all = Vec::new();
+    for task in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        let path = task?.path().join("children");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // A thread that ended meanwhile.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).with_context(|| format!("read {}", path.display())),
+        };
+        all.extend(
             text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
     all.sort_unstable();
     all.dedup();
-    all
+    Ok(all)
 }
 
 /// Runs `f` on a thread that entered the network namespace at `netns`

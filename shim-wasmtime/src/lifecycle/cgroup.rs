@@ -4,8 +4,8 @@
 //! memory and CPU are the shim's.
 //!
 //! Under `ctr` each container has a shim of its own, so the cgroup is the
-//! container's. With one shim per pod, the first container is the pod's
-//! sandbox and its cgroup is the pod's.
+//! container's. With one shim per pod, it is the pod's first wasm
+//! container's (the sandbox, which the shim plays, runs nothing).
 //!
 //! The kernel memory limit is the sum of the shim's tasks' limits plus
 //! [`SHIM_OVERHEAD`], kept up to date as tasks are created, updated and
@@ -416,19 +416,21 @@ fn only_exiting(dir: &Path) -> bool {
     let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
         return false;
     };
-    procs.split_whitespace().all(|pid| {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return true;
-        };
-        // After the `(comm)`: state, ppid, pgrp, session, tty, tpgid, flags.
-        let flags = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
-        const PF_EXITING: u64 = 0x4;
-        flags & PF_EXITING != 0
-    })
+    // None at all: busy with child cgroups, which waiting will not change.
+    !procs.trim().is_empty()
+        && procs.split_whitespace().all(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return true;
+            };
+            // After the `(comm)`: state, ppid, pgrp, session, tty, tpgid, flags.
+            let flags = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+            const PF_EXITING: u64 = 0x4;
+            flags & PF_EXITING != 0
+        })
 }
 
 #[cfg(test)]
