@@ -12,8 +12,8 @@
 //! per pod: for wasm, the shims serving them; for runc, the runc shims and
 //! every process under them (pause, the container).
 //!
-//! Times come from containerd's own clock readings, so polling does not
-//! blur them: the exit from ContainerStatus's `finished_at`, the first log
+//! Each pod starts once the last one's shims have exited. Times come from
+//! containerd's own clock readings, so polling does not blur them: the exit from ContainerStatus's `finished_at`, the first log
 //! line from the timestamp containerd writes on it. Both are measured from
 //! just before RunPodSandbox. Pod teardown is not timed.
 
@@ -201,6 +201,10 @@ async fn measure(b: &Bench, images: &PodImages, kind: Kind) -> Result<Vec<Measur
         for i in 0..=n {
             for side in order(i) {
                 let (to_exit, to_line) = one_pod(b, &mut cri, images, kind, side, &logs).await?;
+                // The last pod's shims exit (and containerd cleans up after
+                // them) in the background: let that finish first, so that no
+                // sample pays for the one before.
+                quiesce(&cd.socket).await;
                 // The first round warms both sides (caches, page cache).
                 if i > 0 {
                     exit[side].push(to_exit);
@@ -240,6 +244,20 @@ async fn measure(b: &Bench, images: &PodImages, kind: Kind) -> Result<Vec<Measur
     .await;
     tokio::task::spawn_blocking(move || drop(cd)).await?;
     result
+}
+
+/// Waits (up to 2 s) until no shim of the containerd at `socket` runs.
+async fn quiesce(socket: &Path) {
+    let socket = socket.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let wasm = harness::processes_with_args(&["containerd-shim-wasmtime-v1", &socket]);
+        let runc = harness::processes_with_args(&["containerd-shim-runc-v2", &socket]);
+        if wasm.is_empty() && runc.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Runs one pod to its hello's exit and removes it; returns the ms from
