@@ -109,11 +109,11 @@ struct Pod {
     create: api::CreateTaskRequest,
     /// The real pause. Held while a Linux container is created, so that
     /// the pod cannot go (nor its pause) halfway through.
-    pause: tokio::sync::Mutex<Pause>,
+    pause: tokio::sync::Mutex<PauseState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pause {
+enum PauseState {
     NotStarted,
     Running {
         pid: u32,
@@ -158,7 +158,7 @@ impl Sandboxes {
             id: req.id.clone(),
             netns,
             create: req.clone(),
-            pause: tokio::sync::Mutex::new(Pause::NotStarted),
+            pause: tokio::sync::Mutex::new(PauseState::NotStarted),
         });
         let mut pods = self.pods();
         if pods.contains_key(&req.id) {
@@ -211,35 +211,52 @@ impl Sandboxes {
         Ok(())
     }
 
-    /// Creates a Linux container through runc. If it joins the shim's
-    /// namespaces (its pod's sandbox is played here), the pod's real pause
-    /// is started first if it is not yet, and the container's namespace
-    /// paths are pointed at it in `config.json`. `on_pause_exit(pod id)`
-    /// ends the sandbox task when the pause exits on its own.
+    /// Creates a Linux container (`spec`, as its bundle has it) through
+    /// runc. If it joins the shim's namespaces (its pod's sandbox is played
+    /// here), the pod's real pause is started first if it is not yet, and
+    /// the container's namespace paths are pointed at it in `config.json`.
+    /// `on_pause_exit(pod id)` ends the sandbox task when the pause exits on
+    /// its own.
     pub async fn create_linux(
         &self,
         ctx: &TtrpcContext,
         delegates: &Arc<Delegates>,
         req: api::CreateTaskRequest,
+        spec: &Spec,
         on_pause_exit: impl FnOnce(String) + Send + 'static,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        let path = Path::new(&req.bundle).join("config.json");
-        let (spec, pod) = match self.pod_of_linux(&path).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return delegates.create(ctx, req).await,
-            Err(err) => return Err(err.context(format!("create container {}", req.id)).into()),
+        let own = own_ns_prefix();
+        let joins_own = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|all| {
+                all.iter()
+                    .filter_map(|ns| ns.path().as_deref())
+                    .any(|p| p.starts_with(&own))
+            });
+        if !joins_own {
+            return delegates.create(ctx, req).await;
+        }
+        let pod_id = pod_of(spec);
+        let Some(pod) = pod_id
+            .as_deref()
+            .and_then(|id| self.pods().get(id).cloned())
+        else {
+            let err = own_namespace(pod_id.as_deref());
+            return Err(err.context(format!("create container {}", req.id)).into());
         };
         // Held until runc has the container: the pause cannot go meanwhile.
         let mut pause = pod.pause.lock().await;
         let pid = match *pause {
-            Pause::Running { pid } => pid,
-            Pause::NotStarted => {
+            PauseState::Running { pid } => pid,
+            PauseState::NotStarted => {
                 let pid = start_pause(ctx, delegates, &pod).await?;
-                *pause = Pause::Running { pid };
+                *pause = PauseState::Running { pid };
                 watch_pause(delegates.clone(), pod.clone(), pid, on_pause_exit);
                 pid
             }
-            Pause::Exited | Pause::Removed => {
+            PauseState::Exited | PauseState::Removed => {
                 return Err(Error::new(
                     Kind::FailedPrecondition,
                     format!(
@@ -250,7 +267,8 @@ impl Sandboxes {
                 .into())
             }
         };
-        if let Err(err) = point_at(&path, spec, pid).await {
+        let path = Path::new(&req.bundle).join("config.json");
+        if let Err(err) = point_at(&path, pid).await {
             return Err(err.context(format!("create container {}", req.id)).into());
         }
         tracing::info!(
@@ -262,37 +280,12 @@ impl Sandboxes {
         delegates.create(ctx, req).await
     }
 
-    /// The spec of the Linux container at `path` and its pod, if it joins
-    /// the shim's namespaces; an error if it does and its pod is unknown.
-    async fn pod_of_linux(&self, path: &Path) -> Result<Option<(serde_json::Value, Arc<Pod>)>> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .kind(Kind::InvalidArgument, format!("read {}", path.display()))?;
-        let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
-            .kind(Kind::InvalidArgument, format!("parse {}", path.display()))?;
-        let own = own_ns_prefix();
-        if !namespace_paths(&mut spec).any(|p| p.starts_with(&own)) {
-            return Ok(None);
-        }
-        let pod_id = spec
-            .pointer(&format!("/annotations/{}", SANDBOX_ID.replace('/', "~1")))
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        match pod_id
-            .as_deref()
-            .and_then(|id| self.pods().get(id).cloned())
-        {
-            Some(pod) => Ok(Some((spec, pod))),
-            None => Err(own_namespace(pod_id.as_deref())),
-        }
-    }
-
     /// A signal for sandbox `id` also reaches its real pause.
     pub async fn kill(&self, ctx: &TtrpcContext, delegates: &Delegates, id: &str, signal: u32) {
         let Some(pod) = self.pods().get(id).cloned() else {
             return;
         };
-        if matches!(*pod.pause.lock().await, Pause::Running { .. }) {
+        if matches!(*pod.pause.lock().await, PauseState::Running { .. }) {
             delegates.kill(ctx, &pod.pause_id(), signal).await;
         }
     }
@@ -303,8 +296,8 @@ impl Sandboxes {
             return;
         };
         let mut pause = pod.pause.lock().await;
-        let had = matches!(*pause, Pause::Running { .. } | Pause::Exited);
-        *pause = Pause::Removed;
+        let had = matches!(*pause, PauseState::Running { .. } | PauseState::Exited);
+        *pause = PauseState::Removed;
         if had {
             delegates.remove(ctx, &pod.pause_id()).await;
         }
@@ -354,14 +347,14 @@ fn watch_pause(
     tokio::spawn(async move {
         let status = delegates.wait(&pod.pause_id()).await;
         let mut pause = pod.pause.lock().await;
-        if *pause == (Pause::Running { pid }) {
+        if *pause == (PauseState::Running { pid }) {
             tracing::warn!(
                 pod = pod.id,
                 pid,
                 ?status,
                 "the pod's pause exited: ending its sandbox"
             );
-            *pause = Pause::Exited;
+            *pause = PauseState::Exited;
             drop(pause);
             on_exit(pod.id.clone());
         }
@@ -369,8 +362,14 @@ fn watch_pause(
 }
 
 /// Points a Linux container's namespace paths into the shim's at the
-/// pause's (pid `pid`), and writes its `config.json` back.
-async fn point_at(path: &Path, mut spec: serde_json::Value, pid: u32) -> Result<()> {
+/// pause's (pid `pid`) in its `config.json`, edited as JSON so that every
+/// field the spec library does not know stays as it is.
+async fn point_at(path: &Path, pid: u32) -> Result<()> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .kind(Kind::InvalidArgument, format!("read {}", path.display()))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+        .kind(Kind::InvalidArgument, format!("parse {}", path.display()))?;
     let own = own_ns_prefix();
     let theirs = format!("/proc/{pid}/ns/");
     for p in namespace_paths(&mut spec) {

@@ -82,7 +82,8 @@ pub struct Lifetime {
 
 /// Who runs a container, decided in Create.
 enum Route {
-    Runc,
+    /// A Linux executable, with its spec (for the pod's pause, if any).
+    Runc(Box<Spec>),
     /// A pod's sandbox container, played by the shim (nothing mounted).
     Sandbox(Box<Mounted>),
     Wasm(Box<Mounted>),
@@ -184,7 +185,7 @@ impl TaskService {
             if mounted {
                 rootfs::unmount(&rootfs).await;
             }
-            return Ok(Route::Runc);
+            return Ok(Route::Runc(Box::new(spec)));
         }
         if let Err(err) = self.sandboxes.rewrite_wasm(&mut spec) {
             if mounted {
@@ -491,27 +492,24 @@ impl TaskService {
         Ok(api::Empty::new())
     }
 
-    /// The limits of all the shim's tasks together.
-    /// The limits of the tasks that run guests (a sandbox runs none).
-    fn total_limits(&self) -> Limits {
-        let all: Vec<Limits> = self
-            .tasks()
+    /// The limits of the tasks that run guests (a sandbox runs none), by id.
+    fn guest_limits(&self) -> Vec<(String, Limits)> {
+        self.tasks()
             .iter()
             .filter(|(id, _)| !self.sandboxes.contains(id))
-            .map(|(_, t)| t.limits.get())
-            .collect();
-        limits::total(&all)
+            .map(|(id, t)| (id.clone(), t.limits.get()))
+            .collect()
+    }
+
+    /// The limits of the shim's guests together.
+    fn total_limits(&self) -> Limits {
+        limits::total(self.guest_limits().iter().map(|(_, l)| l))
     }
 
     /// As [`Self::total_limits`], with task `id`'s limits replaced.
     fn total_limits_with(&self, id: &str, replaced: Limits) -> Limits {
-        let all: Vec<Limits> = self
-            .tasks()
-            .iter()
-            .filter(|(k, _)| !self.sandboxes.contains(k))
-            .map(|(k, t)| if k == id { replaced } else { t.limits.get() })
-            .collect();
-        limits::total(&all)
+        let all = self.guest_limits();
+        limits::total(all.iter().map(|(k, l)| if k == id { &replaced } else { l }))
     }
 
     /// Sizes the shim's cgroup for its tasks as they are now, after a
@@ -524,12 +522,7 @@ impl TaskService {
     }
 
     async fn resize_cgroup_now(&self) {
-        let guests = self
-            .tasks()
-            .keys()
-            .filter(|id| !self.sandboxes.contains(id))
-            .count();
-        if guests == 0 {
+        if self.guest_limits().is_empty() {
             return;
         }
         if let Err(err) = self.cgroup.resize(self.total_limits()).await {
@@ -664,7 +657,7 @@ impl TaskApi for TaskService {
         crate::logging::follow_if_gone(bundle);
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
-            Ok(Route::Runc) => {
+            Ok(Route::Runc(spec)) => {
                 // If the pod's pause exits, its sandbox ends with it.
                 let tasks = self.tasks.clone();
                 let end_sandbox = move |pod: String| {
@@ -679,7 +672,7 @@ impl TaskApi for TaskService {
                 };
                 return self
                     .sandboxes
-                    .create_linux(ctx, &self.delegates, req, end_sandbox)
+                    .create_linux(ctx, &self.delegates, req, &spec, end_sandbox)
                     .await;
             }
             Ok(Route::Sandbox(mounted)) => self.create_sandbox(req, *mounted).await,
