@@ -362,7 +362,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let layout = Layout::read(&source).map_err(invalid)?;
             let client = remote.connect(&reference, RegistryOperation::Push)?;
-            let digest = client.push(&layout)?;
+            let digest = client.push(layout)?;
             println!("{reference} {digest}");
             Ok(())
         }

@@ -179,9 +179,10 @@ impl Registry {
 
     /// Pushes every blob the registry lacks, then the manifest under the
     /// reference's tag or digest. Returns the manifest's digest.
-    pub fn push(&self, layout: &Layout) -> Result<String> {
+    pub fn push(&self, layout: Layout) -> Result<String> {
         self.runtime.block_on(async {
-            for blob in &layout.blobs {
+            let manifest_digest = layout.manifest.digest();
+            for blob in layout.blobs {
                 let digest = blob.digest();
                 let mut tracker = self
                     .progress
@@ -195,7 +196,7 @@ impl Registry {
                     tracker.finish("exists");
                     continue;
                 }
-                let bytes = bytes::Bytes::from(blob.bytes.clone());
+                let bytes = bytes::Bytes::from(blob.bytes);
                 let size = bytes.len() as u64;
                 if size == 0 {
                     tracker.finish("empty");
@@ -216,10 +217,10 @@ impl Registry {
             let content_type = reqwest::header::HeaderValue::from_str(&layout.manifest.media_type)
                 .context("the manifest's media type is not a header value")?;
             self.client
-                .push_manifest_raw(&self.image, layout.manifest.bytes.clone(), content_type)
+                .push_manifest_raw(&self.image, layout.manifest.bytes, content_type)
                 .await
                 .map_err(|err| self.explain(err))?;
-            Ok(layout.manifest.digest())
+            Ok(manifest_digest)
         })
     }
 
@@ -371,11 +372,6 @@ impl Asking {
     fn explain(&self, err: OciDistributionError) -> anyhow::Error {
         let what = &self.reference;
         match err {
-            OciDistributionError::AuthenticationFailure(body) => anyhow!(
-                "{what}: the token service refused {}: {}",
-                self.source,
-                one_line(&auth::error_message(&body))
-            ),
             OciDistributionError::UnauthorizedError { .. } => self.denied(401, ""),
             OciDistributionError::RegistryError { envelope, url } => {
                 let unauthorized = envelope
