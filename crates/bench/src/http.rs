@@ -515,15 +515,8 @@ async fn cold_start(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Vec<Meas
 /// busybox httpd in a pod of the `runc` handler, both on the host's
 /// network, on a containerd of its own (its CRI plugin on).
 async fn cri_cold_start(b: &Bench, setup: &HttpSetup, www: &Path) -> Result<Measure> {
-    let images = [setup.component_tar.clone(), setup.busybox_tar.clone()];
-    let cd = tokio::task::spawn_blocking(move || -> Result<harness::Containerd> {
-        let cd = harness::Containerd::start_cri(&harness::CriOptions::default())?;
-        for tar in &images {
-            cd.import_tar(tar)?;
-        }
-        Ok(cd)
-    })
-    .await??;
+    let images = vec![setup.component_tar.clone(), setup.busybox_tar.clone()];
+    let cd = crate::measures::cri_containerd(Default::default(), images).await?;
     let result = async {
         let mut cri = harness::cri::Cri::connect(&cd.socket).await?;
         let logs = std::env::temp_dir().join(b.id("cri-logs"));

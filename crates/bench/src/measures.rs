@@ -111,6 +111,22 @@ impl Bench {
 }
 
 /// Which side goes first in round `i`: wasm on even rounds, runc on odd.
+/// A containerd of its own with its CRI plugin on (`opts`), and `tars`
+/// imported: for the measures that go through CRI.
+pub async fn cri_containerd(
+    opts: harness::CriOptions,
+    tars: Vec<PathBuf>,
+) -> Result<harness::Containerd> {
+    tokio::task::spawn_blocking(move || -> Result<harness::Containerd> {
+        let cd = harness::Containerd::start_cri(&opts)?;
+        for tar in &tars {
+            cd.import_tar(tar)?;
+        }
+        Ok(cd)
+    })
+    .await?
+}
+
 pub fn order(i: usize) -> [usize; 2] {
     if i.is_multiple_of(2) {
         [0, 1]

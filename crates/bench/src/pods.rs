@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, ensure, Context, Result};
 use harness::cri::{Cri, Pod};
 
-use crate::measures::{order, Bench};
+use crate::measures::{cri_containerd, order, Bench};
 use crate::results::{Better, Measure, Series, Unit};
 
 /// The images the pods run, with their tars for the CRI containerd.
@@ -79,15 +79,7 @@ pub async fn pods(b: &Bench, images: &PodImages) -> Result<Vec<Measure>> {
 /// Memory per idle pod, for each K of `--idle`: K host-network pods per
 /// side, each with one sleeping container.
 async fn idle_memory(b: &Bench, images: &PodImages) -> Result<Vec<Measure>> {
-    let tars = images.tars.clone();
-    let cd = tokio::task::spawn_blocking(move || -> Result<harness::Containerd> {
-        let cd = harness::Containerd::start_cri(&harness::CriOptions::default())?;
-        for tar in &tars {
-            cd.import_tar(tar)?;
-        }
-        Ok(cd)
-    })
-    .await??;
+    let cd = cri_containerd(Default::default(), images.tars.clone()).await?;
     let result = async {
         let mut cri = Cri::connect(&cd.socket).await?;
         let logs = std::env::temp_dir().join(b.id("idle-pod-logs"));
@@ -180,18 +172,11 @@ fn with_descendants(pid: u32) -> Vec<u32> {
 }
 
 async fn measure(b: &Bench, images: &PodImages, kind: Kind) -> Result<Vec<Measure>> {
-    let tars = images.tars.clone();
-    let cd = tokio::task::spawn_blocking(move || -> Result<harness::Containerd> {
-        let cd = harness::Containerd::start_cri(&harness::CriOptions {
-            pod_network: kind == Kind::Cni,
-            ..Default::default()
-        })?;
-        for tar in &tars {
-            cd.import_tar(tar)?;
-        }
-        Ok(cd)
-    })
-    .await??;
+    let opts = harness::CriOptions {
+        pod_network: kind == Kind::Cni,
+        ..Default::default()
+    };
+    let cd = cri_containerd(opts, images.tars.clone()).await?;
     let result = async {
         let mut cri = Cri::connect(&cd.socket).await?;
         let logs = std::env::temp_dir().join(b.id("pod-logs"));
