@@ -169,6 +169,22 @@ impl Service {
         std::thread::sleep(Duration::from_millis(100));
         Ok((code, self.stdout(), self.stderr()))
     }
+
+    /// SIGTERM, and a clean drain: exit 0.
+    fn stop_cleanly(self, cd: &Containerd) -> Result<()> {
+        let (code, _, stderr) = self.stop(cd, "SIGTERM")?;
+        assert_eq!(code, 0, "{stderr}");
+        Ok(())
+    }
+
+    /// A fresh instance still answers `GET /`: the service serves on.
+    fn serves_on(&self) -> Result<()> {
+        assert_eq!(
+            get(&agent(), &format!("{}/", self.url))?,
+            (200, Ok("hello from wasm, request 1\n".into()))
+        );
+        Ok(())
+    }
 }
 
 impl Drop for Service {
@@ -255,8 +271,7 @@ fn a_component_serves_each_request_in_a_fresh_instance() -> Result<()> {
     );
 
     // SIGTERM: a clean drain, exit 0, and the port is free at once.
-    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
-    assert_eq!(code, 0, "{stderr}");
+    svc.stop_cleanly(&cd)?;
     TcpListener::bind(("127.0.0.1", port)).context("the port is still taken")?;
     cd.assert_clean()
 }
@@ -398,12 +413,8 @@ fn hostile_clients_get_http_errors_and_idle_connections_close() -> Result<()> {
     );
 
     // None of it stopped the service.
-    assert_eq!(
-        get(&agent(), &format!("{}/", svc.url))?,
-        (200, Ok("hello from wasm, request 1\n".into()))
-    );
-    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
-    assert_eq!(code, 0, "{stderr}");
+    svc.serves_on()?;
+    svc.stop_cleanly(&cd)?;
     cd.assert_clean()
 }
 
@@ -440,8 +451,7 @@ fn a_cpu_quota_bounds_all_of_a_services_requests_together() -> Result<()> {
     eprintln!("CPU in the window: limited {q} ns, free {f} ns");
     assert!(f > 0 && q * 3 < f, "limited {q} ns vs free {f} ns");
     for svc in [limited, free] {
-        let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
-        assert_eq!(code, 0, "{stderr}");
+        svc.stop_cleanly(&cd)?;
     }
     cd.assert_clean()
 }
@@ -456,10 +466,7 @@ fn a_full_instance_pool_is_answered_503_and_the_service_serves_on() -> Result<()
     let port = harness::free_port()?;
     let svc = Service::start(&cd, &image, "pool1", port, &[])?;
     // One request alone fits.
-    assert_eq!(
-        get(&agent(), &format!("{}/", svc.url))?,
-        (200, Ok("hello from wasm, request 1\n".into()))
-    );
+    svc.serves_on()?;
     let statuses = at_once(5, &format!("{}/sleep?ms=1500", svc.url));
     // What fits depends on how many core instances the component is made
     // of, and concurrent instantiations may each take part of the pool:
@@ -472,12 +479,8 @@ fn a_full_instance_pool_is_answered_503_and_the_service_serves_on() -> Result<()
     harness::wait_until(Duration::from_secs(10), "the pool's 503s on stderr", || {
         svc.stderr().contains("no instance slot free")
     })?;
-    assert_eq!(
-        get(&agent(), &format!("{}/", svc.url))?,
-        (200, Ok("hello from wasm, request 1\n".into()))
-    );
-    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
-    assert_eq!(code, 0, "{stderr}");
+    svc.serves_on()?;
+    svc.stop_cleanly(&cd)?;
     cd.assert_clean()
 }
 
@@ -793,8 +796,7 @@ fn wagi_serves_a_preview1_module_per_request() -> Result<()> {
         (200, Ok("hello from wagi\n".into()))
     );
 
-    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
-    assert_eq!(code, 0, "{stderr}");
+    svc.stop_cleanly(&cd)?;
     cd.assert_clean()
 }
 
@@ -838,7 +840,6 @@ fn a_python_component_sees_the_containers_env_args_and_files() -> Result<()> {
     harness::wait_until(Duration::from_secs(10), "the Python guest's output", || {
         svc.stdout().contains("py: stdout line\n") && svc.stderr().contains("py: stderr line\n")
     })?;
-    let (code, _, stderr) = svc.stop(&cd, "SIGTERM")?;
-    assert_eq!(code, 0, "{stderr}");
+    svc.stop_cleanly(&cd)?;
     cd.assert_clean()
 }

@@ -35,6 +35,13 @@ fn token_policy() -> Value {
     })
 }
 
+/// A registry in token mode, with [`token_policy`].
+fn token_registry() -> Result<Registry> {
+    Registry::start_with(Auth::Token {
+        policy: token_policy(),
+    })
+}
+
 /// A docker config folder holding `config`.
 fn docker_config(dir: &Path, config: Value) -> Result<PathBuf> {
     let path = dir.join(format!("docker-{}", rand_suffix()));
@@ -239,9 +246,7 @@ fn basic_auth_from_the_flags_and_the_docker_config() -> Result<()> {
 
 #[test]
 fn the_bearer_token_flow_pushes_and_pulls_every_image_form() -> Result<()> {
-    let reg = Registry::start_with(Auth::Token {
-        policy: token_policy(),
-    })?;
+    let reg = token_registry()?;
     let (tmp, empty) = scratch()?;
     let cli = Cli::new(&empty);
     let config = docker_config(
@@ -352,9 +357,7 @@ fn the_bearer_token_flow_pushes_and_pulls_every_image_form() -> Result<()> {
 
 #[test]
 fn token_failures_are_one_clear_line() -> Result<()> {
-    let reg = Registry::start_with(Auth::Token {
-        policy: token_policy(),
-    })?;
+    let reg = token_registry()?;
     let (tmp, empty) = scratch()?;
     let cli = Cli::new(&empty);
     let (tar, _) = build(&cli, tmp.path(), &hello(), "image")?;
@@ -407,9 +410,7 @@ fn token_failures_are_one_clear_line() -> Result<()> {
 
 #[test]
 fn credential_helpers_and_stores_are_asked_in_dockers_order() -> Result<()> {
-    let reg = Registry::start_with(Auth::Token {
-        policy: token_policy(),
-    })?;
+    let reg = token_registry()?;
     let tmp = tempfile::tempdir()?;
     // A credential helper, as docker runs them: `get`, the server on stdin,
     // JSON on stdout. It knows this registry only, and logs who asked.
