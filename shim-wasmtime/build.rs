@@ -1,5 +1,6 @@
 //! Build facts that `-v` and `-info` report: the git revision, the Wasmtime
-//! version from Cargo.lock, and the compiler's version.
+//! version from Cargo.lock, and the compiler's version; and how the shim is
+//! linked.
 
 use std::path::Path;
 use std::process::Command;
@@ -51,4 +52,31 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("cargo:rustc-env=SHIM_RUSTC_VERSION={rustc_version}");
+
+    pack_relative_relocations();
+}
+
+/// The shim is a position-independent executable, so the dynamic loader
+/// relocates every pointer in its read-only data at each start. As RELA
+/// entries (24 bytes each) that table is about 1.8 MiB, read at every start
+/// and kept mapped as long as the shim runs; packed (`DT_RELR`, glibc 2.36
+/// and later, GNU ld 2.38 and later) it is a few KiB. Used when the C
+/// library the shim is built against is new enough to load it.
+fn pack_relative_relocations() {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !target.ends_with("-linux-gnu") {
+        return;
+    }
+    let glibc = Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let (major, minor) = text.trim().strip_prefix("glibc ")?.split_once('.')?;
+            Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+        });
+    if glibc.is_some_and(|v| v >= (2, 36)) {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }

@@ -46,6 +46,63 @@ fn a_module_is_compiled_once_and_then_loaded_from_disk() -> Result<()> {
 }
 
 #[test]
+fn the_shim_compiles_in_a_child_and_maps_the_code_from_the_cache() -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("sleep")?;
+    let shim = cd.run_detached(
+        "cc1",
+        &[
+            "--runtime",
+            harness::RUNTIME,
+            &image,
+            "cc1",
+            "/sleep.wasm",
+            "60",
+        ],
+    )?;
+    assert_eq!(
+        log_count(&cd, "INFO compiled in a child process"),
+        1,
+        "{}",
+        cd.log()
+    );
+    // The compiler has exited and left nothing in the cache but its entry.
+    assert_eq!(harness::children(shim)?, Vec::<u32>::new());
+    let entries: Vec<String> = std::fs::read_dir(cache_dir(&cd))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries.len() == 1 && entries[0].ends_with(".cwasm"),
+        "{entries:?}"
+    );
+    // The running guest's code is the entry, mapped from the file (shared
+    // with any other shim that runs the guest), not compiled in the shim.
+    let maps = std::fs::read_to_string(format!("/proc/{shim}/maps"))?;
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(" r-xp ") && l.ends_with(entries[0].as_str())),
+        "the shim does not map {}:\n{maps}",
+        entries[0]
+    );
+    cd.kill_and_remove("cc1")?;
+    cd.assert_clean()
+}
+
+#[test]
+fn without_a_disk_cache_the_shim_compiles_in_process() -> Result<()> {
+    let cd = Containerd::start()?;
+    cd.set_shim_env(&[("WASMTIME_SHIM_CACHE_DIR", "")])?;
+    let image = cd.import("hello")?;
+    let out = cd.run_rm(&image, "nc1", &[])?.ok()?;
+    assert_eq!(out.stdout, "Hello from WebAssembly!\n");
+    assert_eq!(log_count(&cd, "INFO compiled"), 1, "{}", cd.log());
+    assert_eq!(log_count(&cd, "in a child process"), 0, "{}", cd.log());
+    assert!(!cache_dir(&cd).exists());
+    cd.assert_clean()
+}
+
+#[test]
 fn a_corrupt_cache_entry_is_recompiled() -> Result<()> {
     let cd = Containerd::start()?;
     let image = cd.import("hello")?;

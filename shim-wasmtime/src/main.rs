@@ -3,9 +3,11 @@
 //!
 //! Reading order: [`shim`] (process model) → [`service`] (Task API) →
 //! [`lifecycle`] (engine-neutral task states) → [`wasm`] (Wasmtime).
-//! [`flags`] answers `-v` and `-info` before any of that starts; [`http`]
-//! serves the tasks that answer requests.
+//! [`flags`] answers `-v` and `-info` before any of that starts, and
+//! [`wasm::compiler`] the shim's own `compile` child; [`http`] serves the
+//! tasks that answer requests.
 
+mod child;
 mod flags;
 mod http;
 mod lifecycle;
@@ -21,6 +23,9 @@ const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = wasm::compiler::child_main(&args) {
+        std::process::exit(code);
+    }
     if let Some(flag) = flags::own_flag(&args) {
         std::process::exit(flags::answer(flag));
     }

@@ -25,6 +25,7 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::{self, r#async::Client};
 use serde::Deserialize;
 
+use crate::child::output;
 use crate::lifecycle::error::{Error, Kind, ResultExt};
 
 /// Environment through which `start` tells the server how to start a runc
@@ -186,7 +187,7 @@ impl Launcher {
                 .await
                 .kind(Kind::Internal, "link the runc shim's log")?;
         }
-        let out = output(self.command(id, &work).arg("start")).await;
+        let out = output(self.command(id, &work).arg("start"), &[]).await;
         let out = out.kind(
             Kind::Internal,
             format!("run {} start", self.binary.display()),
@@ -208,12 +209,12 @@ impl Launcher {
     /// `containerd-shim-runc-v2 … -bundle B delete`: cleans up a container
     /// whose shim died, and returns runc's answer.
     async fn delete(&self, id: &str, bundle: &Path) -> anyhow::Result<api::DeleteResponse> {
-        let out =
-            output(
-                self.command(id, bundle)
-                    .args(["-bundle", &bundle.to_string_lossy(), "delete"]),
-            )
-            .await?;
+        let out = output(
+            self.command(id, bundle)
+                .args(["-bundle", &bundle.to_string_lossy(), "delete"]),
+            &[],
+        )
+        .await?;
         if out.status != 0 {
             anyhow::bail!(
                 "{} delete failed (exit status {}): {}",
@@ -224,50 +225,6 @@ impl Launcher {
         }
         Ok(api::DeleteResponse::parse_from_bytes(&out.stdout)?)
     }
-}
-
-/// What a finished command printed, and how it ended.
-struct Output {
-    /// The exit code, or 128 + the signal that ended it.
-    status: i32,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-/// Runs a command to its end. The shim library reaps every child on SIGCHLD
-/// (in the server and in `shim delete` alike), so the exit status comes
-/// from its exit monitor, not from `waitpid` on the child.
-async fn output(cmd: &mut tokio::process::Command) -> std::io::Result<Output> {
-    use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
-    use containerd_shim::monitor::{Subject, Topic};
-    use tokio::io::AsyncReadExt;
-
-    let mut exits = monitor_subscribe(Topic::Pid)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let result = async {
-        let mut child = cmd.spawn()?;
-        let pid = child.id().map(|p| p as i32);
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        if let (Some(out), Some(err)) = (child.stdout.as_mut(), child.stderr.as_mut()) {
-            tokio::try_join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr))?;
-        }
-        loop {
-            let Some(exit) = exits.rx.recv().await else {
-                return Err(std::io::Error::other("the exit monitor closed"));
-            };
-            if matches!(exit.subject, Subject::Pid(p) if Some(p) == pid) {
-                return Ok(Output {
-                    status: exit.exit_code,
-                    stdout,
-                    stderr,
-                });
-            }
-        }
-    }
-    .await;
-    let _ = monitor_unsubscribe(exits.id).await;
-    result
 }
 
 /// Where a runc shim listens, and which Task API version it speaks.

@@ -79,6 +79,13 @@ pub async fn pods(b: &Bench, images: &PodImages) -> Result<Vec<Measure>> {
 /// Memory per idle pod, for each K of `--idle`: K host-network pods per
 /// side, each with one sleeping container.
 async fn idle_memory(b: &Bench, images: &PodImages) -> Result<Vec<Measure>> {
+    // Shims of the earlier measures' containerds that are still exiting map
+    // the same binaries, and would lower the PSS measured here.
+    quiesce(
+        &format!("wt{}x", std::process::id()),
+        Duration::from_secs(10),
+    )
+    .await;
     let cd = cri_containerd(Default::default(), images.tars.clone()).await?;
     let result = async {
         let mut cri = Cri::connect(&cd.socket).await?;
@@ -189,7 +196,7 @@ async fn measure(b: &Bench, images: &PodImages, kind: Kind) -> Result<Vec<Measur
                 // The last pod's shims exit (and containerd cleans up after
                 // them) in the background: let that finish first, so that no
                 // sample pays for the one before.
-                quiesce(&cd.socket).await;
+                quiesce(&cd.socket.to_string_lossy(), Duration::from_secs(2)).await;
                 // The first round warms both sides (caches, page cache).
                 if i > 0 {
                     exit[side].push(to_exit);
@@ -231,13 +238,13 @@ async fn measure(b: &Bench, images: &PodImages, kind: Kind) -> Result<Vec<Measur
     result
 }
 
-/// Waits (up to 2 s) until no shim of the containerd at `socket` runs.
-async fn quiesce(socket: &Path) {
-    let socket = socket.to_string_lossy().into_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+/// Waits (up to `limit`) until no shim whose command line holds `needle`
+/// (a containerd's socket, or the namespace prefix of this run's) runs.
+async fn quiesce(needle: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
-        let wasm = harness::processes_with_args(&["containerd-shim-wasmtime-v1", &socket]);
-        let runc = harness::processes_with_args(&["containerd-shim-runc-v2", &socket]);
+        let wasm = harness::processes_with_args(&["containerd-shim-wasmtime-v1", needle]);
+        let runc = harness::processes_with_args(&["containerd-shim-runc-v2", needle]);
         if wasm.is_empty() && runc.is_empty() {
             return;
         }

@@ -126,6 +126,19 @@ impl DiskCache {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Whether there is an entry for `module` (not whether it loads).
+    pub fn holds(&self, module: &Digest32) -> bool {
+        self.path(module).exists()
+    }
+
     fn path(&self, module: &Digest32) -> PathBuf {
         let mut h = Sha256::new();
         h.update(module);
@@ -168,7 +181,7 @@ impl DiskCache {
         }
     }
 
-    fn try_store<A: Artifact>(&self, module: &Digest32, compiled: &A) -> Result<()> {
+    pub fn try_store<A: Artifact>(&self, module: &Digest32, compiled: &A) -> Result<()> {
         let bytes = compiled.serialize()?;
         let final_path = self.path(module);
         let tmp = self.dir.join(format!(
@@ -191,10 +204,24 @@ impl DiskCache {
         self.evict()
     }
 
-    /// Removes the oldest entries until the cache fits its bound.
+    /// Removes the oldest entries until the cache fits its bound, and the
+    /// temporary files of writers that died (a compiler child killed
+    /// mid-write).
     fn evict(&self) -> Result<()> {
-        let mut entries: Vec<(SystemTime, u64, PathBuf)> = fs::read_dir(&self.dir)?
-            .flatten()
+        let listing: Vec<fs::DirEntry> = fs::read_dir(&self.dir)?.flatten().collect();
+        for e in &listing {
+            let name = e.file_name();
+            let writer = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".tmp-"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|pid| pid.parse::<i32>().ok());
+            if writer.is_some_and(|pid| !process_exists(pid)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let mut entries: Vec<(SystemTime, u64, PathBuf)> = listing
+            .iter()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
@@ -214,6 +241,12 @@ impl DiskCache {
         }
         Ok(())
     }
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 #[cfg(test)]

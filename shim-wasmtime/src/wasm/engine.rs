@@ -23,6 +23,7 @@ use wasmtime::{
 };
 
 use super::cache::DiskCache;
+use super::compiler::{Compiler, Failure};
 use super::guest::{Linked, Toolbox};
 
 /// How many guests one shim can hold at once (the pool's size).
@@ -36,6 +37,9 @@ pub struct Settings {
     /// Where compiled modules are kept; `None` for no disk cache.
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: u64,
+    /// Whether guests are compiled in a child process (see
+    /// [`super::compiler`]): when this process is the shim's binary.
+    pub compile_in_child: bool,
 }
 
 impl Settings {
@@ -60,6 +64,9 @@ impl Settings {
             cache_dir,
             cache_max_bytes: num("WASMTIME_SHIM_CACHE_MAX_BYTES")
                 .unwrap_or(super::cache::DEFAULT_MAX_BYTES),
+            compile_in_child: std::env::current_exe().is_ok_and(|exe| {
+                exe.file_name() == Some(std::ffi::OsStr::new(crate::flags::BINARY_NAME))
+            }),
         }
     }
 }
@@ -90,60 +97,68 @@ type LinkOnce = OnceCell<Arc<dyn Linked>>;
 pub struct WasmEngine {
     pub engine: Engine,
     tools: Arc<Toolbox>,
+    /// Compiles guests out of process, into the disk cache.
+    compiler: Option<Compiler>,
     /// Compiled and linked guests by sha256. A `OnceCell` per digest makes
     /// concurrent Creates of one guest compile it once.
     linked: Mutex<HashMap<Digest32, Arc<LinkOnce>>>,
 }
 
+/// The shim's engine. The compiler child (`super::compiler`) builds the same
+/// one, so that the code it compiles loads here.
+pub fn build_engine(settings: &Settings) -> Result<Engine> {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        // Guests get a 1 MiB wasm stack; the fiber stack must hold it plus
+        // the host calls made from it.
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20)
+        .memory_init_cow(true)
+        // A trap in a module that carries DWARF (`clang -g`) names file
+        // and line for each frame. Set here, not read from the shim's
+        // environment, which a user cannot reach: Wasmtime then never
+        // appends its hint about `WASMTIME_BACKTRACE_DETAILS`. Modules
+        // without debug sections cost nothing more; the setting is part
+        // of the engine's compatibility hash, so of the cache's key.
+        .wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    // A component made from a C program with the preview 1 adapter is
+    // four core instances (program, adapter, and two of wit-component's
+    // glue) sharing one memory, with two tables: size the pool so that
+    // `max_instances` such guests fit as well as as many modules. Memory
+    // slots, the costly part (reserved address space), stay one each.
+    let n = settings.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n)
+        .total_tables(n.saturating_mul(2))
+        .total_stacks(n)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .decommit_batch_size(DECOMMIT_BATCH);
+    let pooled = config
+        .clone()
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .clone();
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok(engine),
+        Err(err) => {
+            // e.g. an address-space limit too small for the pool.
+            tracing::warn!(%err, "pooling allocator unavailable; allocating instances on demand");
+            Engine::new(&config)
+                .map_err(anyhow::Error::from)
+                .context("create the wasmtime engine")
+        }
+    }
+}
+
 impl WasmEngine {
     pub fn new(settings: &Settings) -> Result<Self> {
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            // Guests get a 1 MiB wasm stack; the fiber stack must hold it plus
-            // the host calls made from it.
-            .max_wasm_stack(1 << 20)
-            .async_stack_size(2 << 20)
-            .memory_init_cow(true)
-            // A trap in a module that carries DWARF (`clang -g`) names file
-            // and line for each frame. Set here, not read from the shim's
-            // environment, which a user cannot reach: Wasmtime then never
-            // appends its hint about `WASMTIME_BACKTRACE_DETAILS`. Modules
-            // without debug sections cost nothing more; the setting is part
-            // of the engine's compatibility hash, so of the cache's key.
-            .wasm_backtrace_details(WasmBacktraceDetails::Enable);
-        // A component made from a C program with the preview 1 adapter is
-        // four core instances (program, adapter, and two of wit-component's
-        // glue) sharing one memory, with two tables: size the pool so that
-        // `max_instances` such guests fit as well as as many modules. Memory
-        // slots, the costly part (reserved address space), stay one each.
-        let n = settings.max_instances;
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(4))
-            .total_memories(n)
-            .total_tables(n.saturating_mul(2))
-            .total_stacks(n)
-            .max_core_instances_per_component(16)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT)
-            .decommit_batch_size(DECOMMIT_BATCH);
-        let pooled = config
-            .clone()
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .clone();
-        let engine = match Engine::new(&pooled) {
-            Ok(engine) => engine,
-            Err(err) => {
-                // e.g. an address-space limit too small for the pool.
-                tracing::warn!(%err, "pooling allocator unavailable; allocating instances on demand");
-                Engine::new(&config)
-                    .map_err(anyhow::Error::from)
-                    .context("create the wasmtime engine")?
-            }
-        };
+        let engine = build_engine(settings)?;
         let disk = settings.cache_dir.as_ref().and_then(|dir| {
             DiskCache::open(dir, &engine, settings.cache_max_bytes)
                 .inspect_err(|err| tracing::warn!("module cache disabled: {err:#}"))
@@ -154,6 +169,7 @@ impl WasmEngine {
         Ok(Self {
             engine,
             tools: Arc::new(tools),
+            compiler: settings.compile_in_child.then(Compiler::this_binary),
             linked: Mutex::default(),
         })
     }
@@ -171,11 +187,17 @@ impl WasmEngine {
             .clone();
         let linked = cell
             .get_or_try_init(|| async {
+                let read = bytes.clone();
+                let kind = tokio::task::spawn_blocking(move || super::guest::identify(&read))
+                    .await
+                    .context("compile task failed")??;
+                let what = || format!("a {}", kind.name());
+                self.compile_ahead(&digest, &bytes)
+                    .await
+                    .with_context(what)?;
                 let tools = self.tools.clone();
                 tokio::task::spawn_blocking(move || {
-                    let kind = super::guest::identify(&bytes)?;
-                    kind.link(&tools, &digest, &bytes)
-                        .with_context(|| format!("a {}", kind.name()))
+                    kind.link(&tools, &digest, &bytes).with_context(what)
                 })
                 .await
                 .context("compile task failed")?
@@ -189,6 +211,26 @@ impl WasmEngine {
                 .remove(&digest);
         }
         linked.cloned()
+    }
+
+    /// Compiles a guest the disk cache lacks in a child process, so that
+    /// linking finds it there. Errors only for an invalid guest; when the
+    /// child cannot do it, linking compiles in-process.
+    async fn compile_ahead(&self, digest: &Digest32, bytes: &[u8]) -> Result<()> {
+        let (Some(compiler), Some(disk)) = (&self.compiler, &self.tools.disk) else {
+            return Ok(());
+        };
+        if disk.holds(digest) {
+            return Ok(());
+        }
+        match compiler.compile(disk, digest, bytes).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Invalid(err)) => Err(err),
+            Err(Failure::Unavailable(err)) => {
+                tracing::warn!("compiling in-process: {err:#}");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! entry point.
 
 pub mod cache;
+pub mod compiler;
 pub mod content;
 pub mod engine;
 pub mod guest;
