@@ -1,7 +1,11 @@
 //! Logs go through `tracing`. The shim server writes them to the `log` FIFO
 //! that containerd opens in the bundle folder and copies into its own log;
 //! the short-lived `start` and `delete` commands write to stderr, which
-//! containerd reports when they fail. `RUST_LOG` overrides the level.
+//! containerd reports when they fail. `RUST_LOG` overrides the level, as
+//! `target=level` directives (`debug`, `info,wasmtime=debug`): a
+//! `filter::Targets`, whose parser needs no regular expressions, unlike
+//! `EnvFilter`'s (which would keep a regex engine's code and tables in
+//! every idle shim).
 //!
 //! A shim outlives the bundle it started in when it is shared (a pod's, or a
 //! namespace's in shared mode): containerd opens a `log` FIFO for every
@@ -15,8 +19,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where the server's log lines go: the `log` FIFO of one bundle.
 static TARGET: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
@@ -28,16 +34,26 @@ pub fn init(server: bool, debug: bool) {
     } else {
         "info"
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
     // A second init (tests, or a logger already set) is harmless: ignore it.
     let _ = if server && follow(Path::new(".")) {
-        builder.with_writer(FifoWriter).try_init()
+        builder
+            .with_writer(FifoWriter)
+            .finish()
+            .with(filter)
+            .try_init()
     } else {
-        builder.with_writer(std::io::stderr).try_init()
+        builder
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
+            .try_init()
     };
 }
 
