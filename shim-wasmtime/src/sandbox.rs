@@ -109,7 +109,7 @@ struct Pod {
     create: api::CreateTaskRequest,
     /// The real pause. Held while a Linux container is created, so that
     /// the pod cannot go (nor its pause) halfway through.
-    pause: tokio::sync::Mutex<PauseState>,
+    pause: Arc<tokio::sync::Mutex<PauseState>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl Sandboxes {
             id: req.id.clone(),
             netns,
             create: req.clone(),
-            pause: tokio::sync::Mutex::new(PauseState::NotStarted),
+            pause: Arc::new(tokio::sync::Mutex::new(PauseState::NotStarted)),
         });
         let mut pods = self.pods();
         if pods.contains_key(&req.id) {
@@ -247,16 +247,27 @@ impl Sandboxes {
             return Err(err.context(format!("create container {}", req.id)).into());
         };
         // Held until runc has the container: the pause cannot go meanwhile.
-        let mut pause = pod.pause.lock().await;
+        // Started in a task of its own, which a caller that gives up (a
+        // ttrpc deadline) does not cancel: runc would otherwise have a
+        // pause the state never recorded, running for no one.
+        let started = tokio::spawn({
+            let (delegates, pod, ctx) = (delegates.clone(), pod.clone(), detached(ctx));
+            async move {
+                let mut pause = pod.pause.clone().lock_owned().await;
+                if *pause == PauseState::NotStarted {
+                    let pid = start_pause(&ctx, &delegates, &pod).await?;
+                    *pause = PauseState::Running { pid };
+                    watch_pause(delegates, pod.clone(), pid, on_pause_exit);
+                }
+                Ok::<_, Error>(pause)
+            }
+        });
+        let pause = started
+            .await
+            .kind(Kind::Internal, "start the pod's pause")??;
         let pid = match *pause {
             PauseState::Running { pid } => pid,
-            PauseState::NotStarted => {
-                let pid = start_pause(ctx, delegates, &pod).await?;
-                *pause = PauseState::Running { pid };
-                watch_pause(delegates.clone(), pod.clone(), pid, on_pause_exit);
-                pid
-            }
-            PauseState::Exited | PauseState::Removed => {
+            PauseState::NotStarted | PauseState::Exited | PauseState::Removed => {
                 return Err(Error::new(
                     Kind::FailedPrecondition,
                     format!(
@@ -290,17 +301,34 @@ impl Sandboxes {
         }
     }
 
-    /// Sandbox `id` is deleted: so is its real pause.
-    pub async fn remove(&self, ctx: &TtrpcContext, delegates: &Delegates, id: &str) {
+    /// Sandbox `id` is deleted: so is its real pause, in a task of its own
+    /// that a caller giving up does not cancel halfway.
+    pub async fn remove(&self, ctx: &TtrpcContext, delegates: &Arc<Delegates>, id: &str) {
         let Some(pod) = self.pods().remove(id) else {
             return;
         };
-        let mut pause = pod.pause.lock().await;
-        let had = matches!(*pause, PauseState::Running { .. } | PauseState::Exited);
-        *pause = PauseState::Removed;
-        if had {
-            delegates.remove(ctx, &pod.pause_id()).await;
+        let (delegates, ctx) = (delegates.clone(), detached(ctx));
+        let removed = tokio::spawn(async move {
+            let mut pause = pod.pause.lock().await;
+            let had = matches!(*pause, PauseState::Running { .. } | PauseState::Exited);
+            *pause = PauseState::Removed;
+            if had {
+                delegates.remove(&ctx, &pod.pause_id()).await;
+            }
+        });
+        if let Err(err) = removed.await {
+            tracing::error!(sandbox = id, %err, "removing the pod's pause failed");
         }
+    }
+}
+
+/// `ctx` for calls made on a request's behalf that must finish even if the
+/// request is given up: its metadata, no deadline.
+fn detached(ctx: &TtrpcContext) -> TtrpcContext {
+    TtrpcContext {
+        mh: ctx.mh,
+        metadata: ctx.metadata.clone(),
+        timeout_nano: 0,
     }
 }
 
