@@ -15,6 +15,15 @@ fn a_killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
         !cd.mounts().is_empty(),
         "the rootfs should be mounted while the task runs"
     );
+    // The shim's socket, as its bundle records it.
+    let bundle = cd
+        .state_dir()
+        .join("io.containerd.runtime.v2.task")
+        .join(&cd.namespace)
+        .join("k9");
+    let address = std::fs::read_to_string(bundle.join("address"))?;
+    let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
     // SAFETY: kill(2) on the shim this test's containerd started.
     unsafe { libc::kill(shim as i32, libc::SIGKILL) };
 
@@ -32,6 +41,8 @@ fn a_killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
     }
     let _ = cd.ctr(&["tasks", "delete", "k9"]);
     cd.ctr(&["containers", "delete", "k9"])?.ok()?;
+    // `shim delete` removed the dead shim's socket file.
+    assert!(!socket.exists(), "{} is left behind", socket.display());
     cd.assert_clean()
 }
 

@@ -115,6 +115,34 @@ async fn running_shim(address: &str, id: &str) -> bool {
     false
 }
 
+/// A shim that was killed (SIGKILL, the OOM killer) leaves its socket file
+/// behind. `shim delete`, which containerd runs for each of its tasks, removes
+/// the socket the bundle's `address` names once nothing answers on it; while
+/// the shim (or a new one for the same group) serves it, it stays.
+async fn remove_dead_socket(bundle: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(address) = tokio::fs::read_to_string(bundle.join("address")).await else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    // Only a socket file: never anything else a bad address could name.
+    let is_socket = tokio::fs::symlink_metadata(path)
+        .await
+        .is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return;
+    }
+    if let Err(err) = tokio::net::UnixStream::connect(path).await {
+        if err.kind() == std::io::ErrorKind::ConnectionRefused
+            && tokio::fs::remove_file(path).await.is_ok()
+        {
+            tracing::info!(socket = path, "removed the socket of a shim that died");
+        }
+    }
+}
+
 /// Every task's files are this process's descriptors: take the hard limit.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
@@ -185,6 +213,7 @@ impl Shim for WasmtimeShim {
         } else {
             PathBuf::from(&self.bundle)
         };
+        remove_dead_socket(&bundle).await;
         let launcher = runc::Launcher::beside(
             &self.publish_binary,
             &self.namespace,
