@@ -7,7 +7,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use harness::{bind_mount, Containerd, RUNTIME};
-use oci_artifact::{Blob, Layout, MEDIA_IMAGE_CONFIG, MEDIA_MANIFEST, MEDIA_TAR_LAYER};
 
 /// Tasks of these tests share a shim through runc's grouping annotation.
 const GROUP: &str = "io.containerd.runc.v2.group=isolation";
@@ -16,13 +15,7 @@ const GROUP: &str = "io.containerd.runc.v2.group=isolation";
 /// `/devzero` (1:5) and `/devmem` (1:1). containerd creates them when it
 /// unpacks the layer, as root.
 fn image_with_devices(tar_path: &Path) -> Result<()> {
-    let wasm = std::fs::read(harness::examples_dir().join("files.wasm"))?;
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_size(wasm.len() as u64);
-    h.set_mode(0o755);
-    h.set_mtime(0);
-    b.append_data(&mut h, "files.wasm", wasm.as_slice())?;
+    let mut b = e2e::files_layer()?;
     for (name, minor) in [("devzero", 5), ("devmem", 1)] {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Char);
@@ -33,19 +26,7 @@ fn image_with_devices(tar_path: &Path) -> Result<()> {
         h.set_mtime(0);
         b.append_data(&mut h, name, std::io::empty())?;
     }
-    let layer = Blob::new(MEDIA_TAR_LAYER, b.into_inner()?);
-    let config = serde_json::json!({
-        "architecture": "wasm", "os": "wasip1",
-        "config": {"Entrypoint": ["/files.wasm"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer.digest()]},
-    });
-    let config = Blob::new(MEDIA_IMAGE_CONFIG, serde_json::to_vec(&config)?);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-        "config": config.descriptor(), "layers": [layer.descriptor()],
-    });
-    let manifest = Blob::new(MEDIA_MANIFEST, serde_json::to_vec(&manifest)?);
-    Layout::single(manifest, vec![config, layer], "docker.io/test/devices:1").write_tar(tar_path)
+    e2e::files_image(b.into_inner()?, "docker.io/test/devices:1", tar_path)
 }
 
 #[test]

@@ -1,2 +1,38 @@
 //! End-to-end tests against a real containerd. The tests are the `[[test]]`
 //! targets beside this file; the harness they share is `crates/harness`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use oci_artifact::{Blob, Layout, MEDIA_IMAGE_CONFIG, MEDIA_MANIFEST, MEDIA_TAR_LAYER};
+
+/// Writes an OCI image layout tar at `tar_path`, named `reference`, whose
+/// one layer is `layer` (a tar) and whose entrypoint is the `files` example
+/// at `/files.wasm` (the layer must hold it: see [`files_layer`]).
+pub fn files_image(layer: Vec<u8>, reference: &str, tar_path: &Path) -> Result<()> {
+    let layer = Blob::new(MEDIA_TAR_LAYER, layer);
+    let config = serde_json::json!({
+        "architecture": "wasm", "os": "wasip1",
+        "config": {"Entrypoint": ["/files.wasm"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.digest()]},
+    });
+    let config = Blob::new(MEDIA_IMAGE_CONFIG, serde_json::to_vec(&config)?);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+        "config": config.descriptor(), "layers": [layer.descriptor()],
+    });
+    let manifest = Blob::new(MEDIA_MANIFEST, serde_json::to_vec(&manifest)?);
+    Layout::single(manifest, vec![config, layer], reference).write_tar(tar_path)
+}
+
+/// A layer builder that already holds `/files.wasm` (the `files` example).
+pub fn files_layer() -> Result<tar::Builder<Vec<u8>>> {
+    let wasm = std::fs::read(harness::examples_dir().join("files.wasm"))?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(wasm.len() as u64);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    b.append_data(&mut h, "files.wasm", wasm.as_slice())?;
+    Ok(b)
+}

@@ -30,7 +30,7 @@ use crate::lifecycle::limits::{self, Change, LiveLimits};
 use crate::lifecycle::pause::Pause;
 use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task, TaskParts};
-use crate::lifecycle::{entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
+use crate::lifecycle::{binds, entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
 use crate::runc::Delegates;
 use crate::sandbox::{self, Sandboxes};
 
@@ -193,6 +193,12 @@ impl TaskService {
             }
             return Err(err);
         }
+        if mounted {
+            if let Err(err) = mount_binds(&rootfs, &spec).await {
+                rootfs::unmount(&rootfs).await;
+                return Err(err);
+            }
+        }
         Ok(Route::Wasm(Box::new(Mounted {
             spec,
             rootfs,
@@ -255,6 +261,7 @@ impl TaskService {
         let task_spec = TaskSpec {
             id: id.clone(),
             rootfs: rootfs.clone(),
+            binds_mounted: mounted,
             spec,
             limits: limits.clone(),
         };
@@ -613,6 +620,22 @@ fn linux_resources(any: Option<&Any>) -> Result<LinuxResources> {
     }
     serde_json::from_slice(&any.value)
         .kind(Kind::InvalidArgument, "parse the update's LinuxResources")
+}
+
+/// Mounts the spec's bind mounts inside the rootfs the shim mounted
+/// (`lifecycle::binds`).
+async fn mount_binds(rootfs: &Path, spec: &Spec) -> Result<()> {
+    let binds = binds::of_spec(spec).kind(Kind::InvalidArgument, "the spec's mounts")?;
+    let root_read_only = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let rootfs = rootfs.to_path_buf();
+    tokio::task::spawn_blocking(move || binds::mount_all(&rootfs, &binds, root_read_only))
+        .await
+        .kind(Kind::Internal, "mount task failed")?
+        .kind(Kind::InvalidArgument, "mount the container's bind mounts")
 }
 
 async fn load_spec(bundle: &Path) -> Result<Spec> {

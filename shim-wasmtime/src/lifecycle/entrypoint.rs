@@ -23,8 +23,14 @@ pub fn rootfs_relative(cwd: &str, path: &str) -> PathBuf {
     } else {
         Path::new(cwd).join(path)
     };
+    in_root(&joined)
+}
+
+/// `path` relative to a root, lexically: `a/./b/../c` is `a/c`, and `..` at
+/// the top stays at the top, as in a root.
+pub fn in_root(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for c in joined.components() {
+    for c in path.components() {
         match c {
             Component::Normal(p) => out.push(p),
             Component::ParentDir => {

@@ -7,6 +7,7 @@
 //! guest's network namespace ([`netns`]) when it has sockets. Killing a task
 //! aborts that future, which is why engines must yield regularly.
 
+pub mod binds;
 pub mod cgroup;
 pub mod entrypoint;
 pub mod error;
@@ -38,6 +39,9 @@ pub struct TaskSpec {
     pub id: String,
     /// The mounted root filesystem.
     pub rootfs: PathBuf,
+    /// Whether the spec's bind mounts are mounted inside `rootfs` ([`binds`]),
+    /// which is then the container's whole tree.
+    pub binds_mounted: bool,
     pub spec: oci_spec::runtime::Spec,
     /// The task's resource limits, for the engine to enforce as they are
     /// at each memory growth and epoch tick: Update changes them.

@@ -185,7 +185,7 @@ impl Runtime for WasmtimeRuntime {
             .link(digest, Arc::new(bytes))
             .await
             .with_context(|| format!("module {module_path}"))?;
-        let preopens = mounts::preopens(&task.spec, task.rootfs.clone())?;
+        let preopens = mounts::preopens(&task.spec, task.rootfs.clone(), task.binds_mounted)?;
         let serves = linked.serves(&http)?;
         let sockets = match linked.uses_sockets() || serves {
             true => Some(self.sockets(task).await?),

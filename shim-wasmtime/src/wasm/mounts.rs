@@ -1,22 +1,25 @@
-//! What the guest can see of a filesystem: the spec's mounts turned into WASI
-//! preopened directories, and nothing else.
+//! What the guest can see of a filesystem, as WASI preopened directories.
 //!
-//! - The rootfs is preopened at `/`, read-only when `root.readonly` is set.
-//! - Each bind mount of a directory is preopened at its destination,
-//!   read-only when its options say `ro`.
+//! - With a rootfs the shim mounted (every `ctr run` and CRI container), the
+//!   spec's bind mounts, files and directories, are mounted inside it
+//!   ([`crate::lifecycle::binds`]): the guest gets that one tree at `/`, and
+//!   the kernel enforces `ro` and `root.readonly`.
+//! - With a rootfs prepared by hand (`root.path`, no mounts), the shim does
+//!   not mount into it: the rootfs is preopened at `/` (read-only when
+//!   `root.readonly`), and each directory bind mount at its destination
+//!   (read-only when `ro`); bind mounts of single files are left out.
 //! - `proc`, `sysfs`, `tmpfs`, `devpts`, `mqueue`, `cgroup` and any other
-//!   kernel filesystem are never the host's: they are not preopened, so the
-//!   guest sees only what the image itself has at those paths.
-//! - Bind mounts of single files cannot be preopened (WASI preopens
-//!   directories) and are left out, with a log line.
+//!   kernel filesystem are never the host's: they are not mounted nor
+//!   preopened, so the guest sees only what the image itself has there.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
+use crate::lifecycle::binds::{self, is_bind, normal};
 use crate::lifecycle::entrypoint;
 use oci_spec::runtime::Spec;
 
@@ -27,14 +30,19 @@ pub struct Preopen {
     pub read_only: bool,
 }
 
-fn is_bind(typ: Option<&str>, options: &[String]) -> bool {
-    typ == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
-}
-
-/// The preopens for a task: the rootfs first, then the bind mounts in
-/// order. A mount at the same destination as an earlier one (or at `/`)
-/// replaces it, as it would hide it in a mount namespace.
-pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
+/// The preopens for a task. `binds_mounted`: the bind mounts are inside
+/// `rootfs` already, which is then the only preopen. Otherwise the rootfs
+/// comes first, then the directory bind mounts in order; a mount at the
+/// same destination as an earlier one (or at `/`) replaces it, as it would
+/// hide it in a mount namespace.
+pub fn preopens(spec: &Spec, rootfs: PathBuf, binds_mounted: bool) -> Result<Vec<Preopen>> {
+    if binds_mounted {
+        return Ok(vec![Preopen {
+            host: rootfs,
+            guest: "/".to_string(),
+            read_only: false,
+        }]);
+    }
     let root_ro = spec
         .root()
         .as_ref()
@@ -45,53 +53,31 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf) -> Result<Vec<Preopen>> {
         guest: "/".to_string(),
         read_only: root_ro,
     }];
-    for m in spec.mounts().iter().flatten() {
-        let options = m.options().clone().unwrap_or_default();
-        if !is_bind(m.typ().as_deref(), &options) {
-            continue;
-        }
-        let dest = m.destination().to_string_lossy().into_owned();
-        let guest = normal(&dest)?;
-        let Some(source) = m.source().clone() else {
-            bail!("bind mount at {dest} has no source");
-        };
-        match std::fs::metadata(&source) {
+    for bind in binds::of_spec(spec)? {
+        match std::fs::metadata(&bind.source) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
                 tracing::debug!(
-                    dest,
-                    "file bind mount left out: WASI preopens directories only"
+                    dest = bind.destination,
+                    "file bind mount left out: the rootfs was not mounted by the shim"
                 );
                 continue;
             }
-            Err(err) => bail!("bind mount source {} for {dest}: {err}", source.display()),
+            Err(err) => anyhow::bail!(
+                "bind mount source {} for {}: {err}",
+                bind.source.display(),
+                bind.destination
+            ),
         }
-        // `ro` anywhere makes the mount read-only: a later `rw` never weakens it.
-        let read_only = options.iter().any(|o| o == "ro");
         // As with mounts, a later one at the same place hides the earlier.
-        out.retain(|p| p.guest != guest);
+        out.retain(|p| p.guest != bind.destination);
         out.push(Preopen {
-            host: source,
-            guest,
-            read_only,
+            host: bind.source,
+            guest: bind.destination,
+            read_only: bind.read_only,
         });
     }
     Ok(out)
-}
-
-/// `/a//b/./` is `/a/b`, and `/` stays `/`. Relative paths and `..` are
-/// refused.
-fn normal(dest: &str) -> Result<String> {
-    if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
-        bail!("mount destination {dest:?} must be an absolute path without '..'");
-    }
-    Ok(format!(
-        "/{}",
-        dest.split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect::<Vec<_>>()
-            .join("/")
-    ))
 }
 
 /// Reads `path` (absolute, normal) as the container sees it, at most
@@ -163,7 +149,23 @@ mod tests {
     }
 
     #[test]
-    fn only_directory_binds_are_preopened() {
+    fn with_the_binds_in_the_rootfs_the_tree_is_the_one_preopen() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": true},
+            "mounts": [{"destination": "/data", "type": "bind", "source": "/d", "options": ["ro"]}]
+        }));
+        let p = preopens(&s, PathBuf::from("/r"), true).unwrap();
+        let want = Preopen {
+            host: PathBuf::from("/r"),
+            guest: "/".into(),
+            read_only: false,
+        };
+        assert_eq!(p, vec![want]);
+    }
+
+    #[test]
+    fn without_the_tree_only_directory_binds_are_preopened() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hosts");
         std::fs::write(&file, "x").unwrap();
@@ -179,7 +181,7 @@ mod tests {
                 {"destination": "/etc/hosts", "type": "bind", "source": file, "options": ["bind"]}
             ]
         }));
-        let p = preopens(&s, PathBuf::from("/r")).unwrap();
+        let p = preopens(&s, PathBuf::from("/r"), false).unwrap();
         let got: Vec<_> = p.iter().map(|p| (p.guest.as_str(), p.read_only)).collect();
         assert_eq!(got, vec![("/", true), ("/data", true), ("/rw", false)]);
     }
@@ -246,7 +248,7 @@ mod tests {
             "ociVersion": "1.0.2",
             "mounts": [{"destination": "/a/../b", "type": "bind", "source": dir.path()}]
         }));
-        assert!(preopens(&s, PathBuf::from("/r")).is_err());
+        assert!(preopens(&s, PathBuf::from("/r"), false).is_err());
     }
 }
 
@@ -278,7 +280,7 @@ mod proptests {
                 "root": {"path": "rootfs", "readonly": ro_root},
                 "mounts": mounts.clone(),
             })).unwrap();
-            let Ok(preopens) = preopens(&spec, PathBuf::from("/r")) else { return Ok(()) };
+            let Ok(preopens) = preopens(&spec, PathBuf::from("/r"), false) else { return Ok(()) };
             let mut guests: Vec<&str> = preopens.iter().map(|p| p.guest.as_str()).collect();
             guests.sort();
             guests.dedup();
