@@ -43,7 +43,7 @@ use containerd_shim_protos::ttrpc;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
-use crate::lifecycle::netns::Network;
+use crate::lifecycle::netns::{self, Network};
 use crate::runc::Delegates;
 
 /// CRI's annotations: what a container is, and which pod it belongs to.
@@ -416,7 +416,7 @@ async fn point_at(path: &Path, pid: u32) -> Result<()> {
 }
 
 /// Writes `net.*` sysctls in the network namespace at `netns`, from a
-/// thread that enters it (`/proc/sys/net` is the opener's namespace's).
+/// thread in it (`/proc/sys/net` is the opener's namespace's).
 fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<()> {
     for (key, _) in sysctls {
         let sane = key.split('.').all(|part| {
@@ -432,23 +432,8 @@ fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<()> {
             ));
         }
     }
-    let ns =
-        std::fs::File::open(netns).kind(Kind::Internal, format!("open {}", netns.display()))?;
-    let sysctls = sysctls.to_vec();
-    std::thread::spawn(move || -> Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns(2) on a namespace file we hold; only this
-        // short-lived thread moves.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(Error::new(
-                Kind::Internal,
-                format!(
-                    "enter the pod's network namespace: {}",
-                    std::io::Error::last_os_error()
-                ),
-            ));
-        }
-        for (key, value) in &sysctls {
+    netns::run_in(netns, || -> Result<()> {
+        for (key, value) in sysctls {
             let file = Path::new("/proc/sys").join(key.replace('.', "/"));
             std::fs::write(&file, value).kind(
                 Kind::InvalidArgument,
@@ -457,8 +442,7 @@ fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<()> {
         }
         Ok(())
     })
-    .join()
-    .map_err(|_| Error::new(Kind::Internal, "the sysctl thread panicked"))?
+    .kind(Kind::Internal, "enter the pod's network namespace")?
 }
 
 /// The pod a container belongs to (CRI's `sandbox-id` annotation).

@@ -187,17 +187,15 @@ impl TaskService {
             }
             return Ok(Route::Runc(Box::new(spec)));
         }
-        if let Err(err) = self.sandboxes.rewrite_wasm(&mut spec) {
+        let ready = match self.sandboxes.rewrite_wasm(&mut spec) {
+            Ok(()) if mounted => mount_binds(&rootfs, &spec).await,
+            other => other,
+        };
+        if let Err(err) = ready {
             if mounted {
                 rootfs::unmount(&rootfs).await;
             }
             return Err(err);
-        }
-        if mounted {
-            if let Err(err) = mount_binds(&rootfs, &spec).await {
-                rootfs::unmount(&rootfs).await;
-                return Err(err);
-            }
         }
         Ok(Route::Wasm(Box::new(Mounted {
             spec,
@@ -623,7 +621,7 @@ fn linux_resources(any: Option<&Any>) -> Result<LinuxResources> {
 }
 
 /// Mounts the spec's bind mounts inside the rootfs the shim mounted
-/// (`lifecycle::binds`).
+/// (`lifecycle::binds`), on a blocking thread when there is anything to do.
 async fn mount_binds(rootfs: &Path, spec: &Spec) -> Result<()> {
     let binds = binds::of_spec(spec).kind(Kind::InvalidArgument, "the spec's mounts")?;
     let root_read_only = spec
@@ -631,6 +629,9 @@ async fn mount_binds(rootfs: &Path, spec: &Spec) -> Result<()> {
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
+    if binds.is_empty() && !root_read_only {
+        return Ok(());
+    }
     let rootfs = rootfs.to_path_buf();
     tokio::task::spawn_blocking(move || binds::mount_all(&rootfs, &binds, root_read_only))
         .await

@@ -95,9 +95,6 @@ pub fn of_spec(spec: &Spec) -> Result<Vec<Bind>> {
 /// rootfs read-only when `root_read_only`. Blocking. On an error some
 /// mounts may be in place: the caller unmounts the rootfs recursively.
 pub fn mount_all(rootfs: &Path, binds: &[Bind], root_read_only: bool) -> Result<()> {
-    if binds.is_empty() && !root_read_only {
-        return Ok(());
-    }
     // Where links resolve from is read back as a path below this one.
     let rootfs =
         &std::fs::canonicalize(rootfs).with_context(|| format!("resolve {}", rootfs.display()))?;

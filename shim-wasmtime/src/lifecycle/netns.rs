@@ -243,6 +243,28 @@ fn check_type(fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on a short-lived thread that entered the network namespace at
+/// `path` (checked to be one): what `f` opens under `/proc/sys/net`, or any
+/// socket it makes, is that namespace's. Blocking.
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let fd = open_ns(path).with_context(|| format!("open {}", path.display()))?;
+    check_type(&fd).with_context(|| format!("network namespace {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<T> {
+                // SAFETY: setns(2) on a descriptor we own; only this
+                // short-lived thread moves.
+                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("enter {}", path.display()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in {} panicked", path.display()))?
+    })
+}
+
 /// Creates a network namespace, as runc does for a container that asks for
 /// one without a path: only loopback, brought up.
 fn create_with_loopback() -> Result<OwnedFd> {

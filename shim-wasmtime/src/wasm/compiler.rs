@@ -22,7 +22,7 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -53,76 +53,63 @@ pub enum Failure {
     Unavailable(anyhow::Error),
 }
 
-/// Runs the compiler child.
-#[derive(Debug, Clone)]
-pub struct Compiler {
-    exe: PathBuf,
-}
+/// The compiler: the running shim binary.
+const EXE: &str = "/proc/self/exe";
 
-impl Compiler {
-    /// The running shim binary as the compiler.
-    pub fn this_binary() -> Self {
-        Self {
-            exe: PathBuf::from("/proc/self/exe"),
-        }
+/// Compiles `bytes` (whose sha256 is `digest`) into `disk` in a child.
+/// `Ok` once the cache holds the code.
+pub async fn compile(
+    disk: &DiskCache,
+    digest: &engine::Digest32,
+    bytes: &[u8],
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new(EXE);
+    cmd.arg(SUBCOMMAND)
+        .arg(disk.dir())
+        .arg(disk.max_bytes().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl(2) is async-signal-safe and takes no pointers.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-
-    /// Compiles `bytes` (whose sha256 is `digest`) into `disk` in a child.
-    /// `Ok` once the cache holds the code.
-    pub async fn compile(
-        &self,
-        disk: &DiskCache,
-        digest: &engine::Digest32,
-        bytes: &[u8],
-    ) -> Result<(), Failure> {
-        let started = Instant::now();
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg(SUBCOMMAND)
-            .arg(disk.dir())
-            .arg(disk.max_bytes().to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: prctl(2) is async-signal-safe and takes no pointers.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+    let out = crate::child::output(&mut cmd, bytes)
+        .await
+        .map_err(|err| Failure::Unavailable(anyhow!(err).context("run the compiler")))?;
+    let said = || {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let text = text.trim();
+        let mut end = text.len().min(MAX_MESSAGE);
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        let out = crate::child::output(&mut cmd, bytes)
-            .await
-            .map_err(|err| Failure::Unavailable(anyhow!(err).context("run the compiler")))?;
-        let said = || {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let text = text.trim();
-            let mut end = text.len().min(MAX_MESSAGE);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text[..end].to_string()
-        };
-        match out.status {
-            0 if disk.holds(digest) => {
-                tracing::info!(
-                    digest = hex::encode(digest),
-                    compile_ms = started.elapsed().as_millis() as u64,
-                    "compiled in a child process"
-                );
-                Ok(())
-            }
-            0 => Err(Failure::Unavailable(anyhow!(
-                "the compiler wrote no cache entry (another engine?)"
-            ))),
-            EXIT_INVALID => Err(Failure::Invalid(anyhow!(said()))),
-            status => Err(Failure::Unavailable(anyhow!(
-                "the compiler failed (exit status {status}): {}",
-                said()
-            ))),
+        text[..end].to_string()
+    };
+    match out.status {
+        0 if disk.holds(digest) => {
+            tracing::info!(
+                digest = hex::encode(digest),
+                compile_ms = started.elapsed().as_millis() as u64,
+                "compiled in a child process"
+            );
+            Ok(())
         }
+        0 => Err(Failure::Unavailable(anyhow!(
+            "the compiler wrote no cache entry (another engine?)"
+        ))),
+        EXIT_INVALID => Err(Failure::Invalid(anyhow!(said()))),
+        status => Err(Failure::Unavailable(anyhow!(
+            "the compiler failed (exit status {status}): {}",
+            said()
+        ))),
     }
 }
 

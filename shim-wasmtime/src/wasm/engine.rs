@@ -23,7 +23,7 @@ use wasmtime::{
 };
 
 use super::cache::DiskCache;
-use super::compiler::{Compiler, Failure};
+use super::compiler::Failure;
 use super::guest::{Linked, Toolbox};
 
 /// How many guests one shim can hold at once (the pool's size).
@@ -97,8 +97,8 @@ type LinkOnce = OnceCell<Arc<dyn Linked>>;
 pub struct WasmEngine {
     pub engine: Engine,
     tools: Arc<Toolbox>,
-    /// Compiles guests out of process, into the disk cache.
-    compiler: Option<Compiler>,
+    /// Compiles guests in a child process, into the disk cache.
+    compile_in_child: bool,
     /// Compiled and linked guests by sha256. A `OnceCell` per digest makes
     /// concurrent Creates of one guest compile it once.
     linked: Mutex<HashMap<Digest32, Arc<LinkOnce>>>,
@@ -169,7 +169,7 @@ impl WasmEngine {
         Ok(Self {
             engine,
             tools: Arc::new(tools),
-            compiler: settings.compile_in_child.then(Compiler::this_binary),
+            compile_in_child: settings.compile_in_child,
             linked: Mutex::default(),
         })
     }
@@ -217,13 +217,13 @@ impl WasmEngine {
     /// linking finds it there. Errors only for an invalid guest; when the
     /// child cannot do it, linking compiles in-process.
     async fn compile_ahead(&self, digest: &Digest32, bytes: &[u8]) -> Result<()> {
-        let (Some(compiler), Some(disk)) = (&self.compiler, &self.tools.disk) else {
+        let Some(disk) = self.tools.disk.as_ref().filter(|_| self.compile_in_child) else {
             return Ok(());
         };
         if disk.holds(digest) {
             return Ok(());
         }
-        match compiler.compile(disk, digest, bytes).await {
+        match super::compiler::compile(disk, digest, bytes).await {
             Ok(()) => Ok(()),
             Err(Failure::Invalid(err)) => Err(err),
             Err(Failure::Unavailable(err)) => {
