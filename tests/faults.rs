@@ -16,12 +16,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() -> Result<()> {
         "the rootfs should be mounted while the task runs"
     );
     // The shim's socket, as its bundle records it.
-    let bundle = cd
-        .state_dir()
-        .join("io.containerd.runtime.v2.task")
-        .join(&cd.namespace)
-        .join("k9");
-    let address = std::fs::read_to_string(bundle.join("address"))?;
+    let address = std::fs::read_to_string(cd.bundle("k9").join("address"))?;
     let socket = std::path::PathBuf::from(address.trim().trim_start_matches("unix://"));
     assert!(socket.exists(), "{}", socket.display());
     // SAFETY: kill(2) on the shim this test's containerd started.

@@ -616,12 +616,22 @@ async fn run_pod_measures(
     collected: &mut Vec<Measure>,
     errors: &mut Vec<MeasureError>,
 ) {
-    match pods::pods(b, images).await {
+    record(collected, errors, "pods", pods::pods(b, images).await);
+}
+
+/// Keeps a measure's results, or its error (also shown at once).
+fn record(
+    collected: &mut Vec<Measure>,
+    errors: &mut Vec<MeasureError>,
+    name: &str,
+    result: Result<Vec<Measure>>,
+) {
+    match result {
         Ok(m) => collected.extend(m),
         Err(err) => {
-            warn(&format!("pods failed: {err:#}"));
+            warn(&format!("{name} failed: {err:#}"));
             errors.push(MeasureError {
-                measure: "pods".to_string(),
+                measure: name.to_string(),
                 error: format!("{err:#}"),
             });
         }
@@ -635,16 +645,8 @@ async fn run_measures(
     collected: &mut Vec<Measure>,
     errors: &mut Vec<MeasureError>,
 ) {
-    let mut record = |name: &str, result: Result<Vec<Measure>>| match result {
-        Ok(m) => collected.extend(m),
-        Err(err) => {
-            warn(&format!("{name} failed: {err:#}"));
-            errors.push(MeasureError {
-                measure: name.to_string(),
-                error: format!("{err:#}"),
-            });
-        }
-    };
+    let mut record =
+        |name: &str, result: Result<Vec<Measure>>| record(collected, errors, name, result);
 
     phase("warm-up: one unmeasured run of each hello and of the sockets component");
     if let Err(err) = measures::warm_up(b).await {

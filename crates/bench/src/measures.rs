@@ -110,7 +110,6 @@ impl Bench {
     }
 }
 
-/// Which side goes first in round `i`: wasm on even rounds, runc on odd.
 /// A containerd of its own with its CRI plugin on (`opts`), and `tars`
 /// imported: for the measures that go through CRI.
 pub async fn cri_containerd(
@@ -127,6 +126,7 @@ pub async fn cri_containerd(
     .await?
 }
 
+/// Which side goes first in round `i`: wasm on even rounds, runc on odd.
 pub fn order(i: usize) -> [usize; 2] {
     if i.is_multiple_of(2) {
         [0, 1]

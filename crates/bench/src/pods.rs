@@ -141,22 +141,22 @@ async fn idle_memory(b: &Bench, images: &PodImages) -> Result<Vec<Measure>> {
                     s
                 })
             };
-            out.push(Measure::new(
-                &format!("pod_idle_pss_k{k}"),
-                &format!("idle memory per pod (one sleeping container), PSS, K={k}"),
-                Unit::MiB,
-                Better::Lower,
-                series(0, totals[0].pss_kib, true)?,
-                series(1, totals[1].pss_kib, true)?,
-            ));
-            out.push(Measure::new(
-                &format!("pod_idle_rss_k{k}"),
-                &format!("idle memory per pod (one sleeping container), RSS, K={k}"),
-                Unit::MiB,
-                Better::Lower,
-                series(0, totals[0].rss_kib, false)?,
-                series(1, totals[1].rss_kib, false)?,
-            ));
+            // PSS carries the totals' details; RSS is beside it.
+            let pss = [totals[0].pss_kib, totals[1].pss_kib];
+            let rss = [totals[0].rss_kib, totals[1].rss_kib];
+            for (what, kib, details) in [("pss", pss, true), ("rss", rss, false)] {
+                out.push(Measure::new(
+                    &format!("pod_idle_{what}_k{k}"),
+                    &format!(
+                        "idle memory per pod (one sleeping container), {}, K={k}",
+                        what.to_uppercase()
+                    ),
+                    Unit::MiB,
+                    Better::Lower,
+                    series(0, kib[0], details)?,
+                    series(1, kib[1], details)?,
+                ));
+            }
         }
         let _ = std::fs::remove_dir_all(&logs);
         anyhow::Ok(out)

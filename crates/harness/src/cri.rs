@@ -230,8 +230,6 @@ impl Cri {
         self.start_configured(pod, config).await
     }
 
-    /// The pid of the pod's sandbox (pause) process, from containerd's
-    /// verbose PodSandboxStatus.
     /// The pod's network namespace, as CRI pinned it (`/var/run/netns/…`):
     /// the network path of the sandbox's spec. `None` for a pod on the
     /// host's network.

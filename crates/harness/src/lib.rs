@@ -587,13 +587,21 @@ impl Containerd {
             .collect()
     }
 
+    /// Where containerd keeps this namespace's task bundles.
+    fn task_dir(&self) -> PathBuf {
+        self.state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+    }
+
+    /// Task `id`'s bundle, as containerd hands it to the shim.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.task_dir().join(id)
+    }
+
     /// Task state folders left in containerd's state for this namespace.
     pub fn task_state_dirs(&self) -> Vec<String> {
-        let ns = self
-            .state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(&self.namespace);
-        std::fs::read_dir(ns)
+        std::fs::read_dir(self.task_dir())
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
