@@ -237,18 +237,30 @@ fn mountpoint(root: &OwnedFd, rootfs: &Path, rel: &Path, dir: bool) -> Result<Ow
     bail!("too many symlinks at /{}", rel.display())
 }
 
+/// Tries of `openat2` that a rename elsewhere on the host interrupted.
+const OPENAT2_TRIES: usize = 16;
+
 fn open_in_root(root: &OwnedFd, rel: &Path, dir: bool) -> rustix::io::Result<OwnedFd> {
     let mut flags = OFlags::PATH | OFlags::CLOEXEC;
     if dir {
         flags |= OFlags::DIRECTORY;
     }
-    rustix::fs::openat2(
-        root,
-        rel,
-        flags,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(
+            root,
+            rel,
+            flags,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            // With `..` in the path (or a link's target), the kernel answers
+            // EAGAIN when any rename on the host raced the lookup: try again,
+            // as cap-std does.
+            Err(Errno::AGAIN) if tries + 1 < OPENAT2_TRIES => tries += 1,
+            res => return res,
+        }
+    }
 }
 
 /// `/proc/self/fd/N`: mounting there mounts on what `fd` is.
