@@ -464,7 +464,13 @@ fn stdin_reaches_the_guest_and_ends_with_eof() -> Result<()> {
     }
     let out = child.wait_with_output()?;
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == input,
+        "stdout: {} of {} bytes; stderr: {}",
+        out.stdout.len(),
+        input.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("copied {} bytes", input.len())));
     cd.assert_clean()
 }

@@ -57,6 +57,7 @@ fn single_files_and_folders_are_mounted_where_the_spec_says() -> Result<()> {
             &["write", "/etc/greeting", "x"],
         )?;
         assert_eq!(out.code, Some(1), "{kind}: a read-only file mount: {out:?}");
+        assert!(out.stderr.contains("Read-only file system"), "{kind}: {out:?}");
         assert_eq!(
             std::fs::read_to_string(&greeting)?,
             "hello from a file mount"
@@ -199,7 +200,9 @@ fn an_image_cannot_point_a_mount_at_the_hosts_files() -> Result<()> {
 }
 
 /// What CRI mounts into every container as single files, and the
-/// termination log the kubelet reads, for a wasm container of a pod.
+/// termination log the kubelet reads, for a wasm container of a pod; its
+/// `/dev` holds them beside the devices, and `/dev/stderr` reaches the
+/// container's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() -> Result<()> {
     let cd = Containerd::start_cri(&Default::default())?;
@@ -218,6 +221,11 @@ async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() ->
         ("hosts", vec!["read", "/etc/hosts"]),
         ("resolv", vec!["stat", "/etc/resolv.conf"]),
         ("term", vec!["write", "/dev/termination-log", "done here"]),
+        ("dev", vec!["ls", "/dev"]),
+        (
+            "devout",
+            vec!["write", "/dev/stderr", "through /dev/stderr"],
+        ),
     ] {
         let mut command = vec!["/files.wasm"];
         command.extend(args);
@@ -229,6 +237,12 @@ async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() ->
             "hostname" => lines == [hostname.trim().to_string()],
             "hosts" => lines.iter().any(|l| l.contains("localhost")),
             "resolv" => lines == ["exists".to_string()],
+            // The pod's /dev: the devices, the streams, and the mounts CRI
+            // puts there.
+            "dev" => ["null", "urandom", "stdout", "fd", "termination-log"]
+                .iter()
+                .all(|want| lines.iter().any(|l| l == want)),
+            "devout" => lines == ["through /dev/stderr".to_string()],
             _ => true,
         };
         // containerd copies output into the log on its own time.

@@ -6,6 +6,9 @@
  *   files ls DIR            list DIR's entries one per line, sorted, without . and ..
  *   files stat PATH         print "exists" if PATH can be stat'ed
  *   files link FROM TO      hard-link FROM to TO
+ *   files head PATH N       read at most N bytes of PATH, print them as hex
+ *   files kind PATH         print what PATH is (following links): "file",
+ *                           "directory", "character device", "fifo" or "other"
  *   files hog PATH          open PATH over and over, never closing, until an
  *                           open fails; print "opened N" and the error
  *
@@ -109,6 +112,36 @@ static int do_stat(const char *path) {
     return 0;
 }
 
+static int do_head(const char *path, long want) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return fail("open", path);
+    unsigned char buf[4096];
+    if (want < 0 || want > (long)sizeof buf)
+        want = sizeof buf;
+    size_t n = fread(buf, 1, (size_t)want, f);
+    int err = ferror(f);
+    fclose(f);
+    if (err)
+        return fail("read", path);
+    for (size_t i = 0; i < n; i++)
+        printf("%02x", buf[i]);
+    putchar('\n');
+    return 0;
+}
+
+static int do_kind(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return fail("stat", path);
+    puts(S_ISREG(st.st_mode)    ? "file"
+         : S_ISDIR(st.st_mode)  ? "directory"
+         : S_ISCHR(st.st_mode)  ? "character device"
+         : S_ISFIFO(st.st_mode) ? "fifo"
+                                : "other");
+    return 0;
+}
+
 static int do_link(const char *from, const char *to) {
     if (link(from, to) != 0)
         return fail("link", to);
@@ -136,6 +169,11 @@ int main(int argc, char **argv) {
         return do_link(argv[2], argv[3]);
     if (argc == 3 && strcmp(argv[1], "hog") == 0)
         return do_hog(argv[2]);
-    fprintf(stderr, "usage: files read PATH | write PATH TEXT | ls DIR | stat PATH | link FROM TO | hog PATH\n");
+    if (argc == 4 && strcmp(argv[1], "head") == 0)
+        return do_head(argv[2], strtol(argv[3], NULL, 10));
+    if (argc == 3 && strcmp(argv[1], "kind") == 0)
+        return do_kind(argv[2]);
+    fprintf(stderr, "usage: files read PATH | write PATH TEXT | ls DIR | stat PATH | link FROM TO | hog PATH"
+                    " | head PATH N | kind PATH\n");
     return 2;
 }

@@ -24,6 +24,7 @@ use containerd_shim_protos::types::task::ProcessInfo;
 use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::lifecycle::cgroup::ShimCgroup;
+use crate::lifecycle::devices::DevOutput;
 use crate::lifecycle::error::{Error, Kind, Result, ResultExt};
 use crate::lifecycle::events::Events;
 use crate::lifecycle::limits::{self, Change, LiveLimits};
@@ -95,6 +96,9 @@ struct Mounted {
     rootfs: PathBuf,
     /// Whether the shim mounted the rootfs (and so must unmount it).
     mounted: bool,
+    /// The read ends of the guest's `/dev/stdout` and `/dev/stderr`, when
+    /// the shim made its `/dev` (`lifecycle::devices`).
+    dev: Option<DevOutput>,
 }
 
 /// Sends a call for a container that runc runs to its runc shim, as it is.
@@ -171,6 +175,7 @@ impl TaskService {
                 spec,
                 rootfs: rootfs::path(&bundle),
                 mounted: false,
+                dev: None,
             })));
         }
         let spec_root = spec.root().as_ref().map(|r| r.path().clone());
@@ -188,19 +193,24 @@ impl TaskService {
             return Ok(Route::Runc(Box::new(spec)));
         }
         let ready = match self.sandboxes.rewrite_wasm(&mut spec) {
-            Ok(()) if mounted => mount_binds(&rootfs, &spec).await,
-            other => other,
+            Ok(()) if mounted => mount_tree(&rootfs, &spec, &req.stdin).await.map(Some),
+            Ok(()) => Ok(None),
+            Err(err) => Err(err),
         };
-        if let Err(err) = ready {
-            if mounted {
-                rootfs::unmount(&rootfs).await;
+        let dev = match ready {
+            Ok(dev) => dev,
+            Err(err) => {
+                if mounted {
+                    rootfs::unmount(&rootfs).await;
+                }
+                return Err(err);
             }
-            return Err(err);
-        }
+        };
         Ok(Route::Wasm(Box::new(Mounted {
             spec,
             rootfs,
             mounted,
+            dev,
         })))
     }
 
@@ -216,6 +226,7 @@ impl TaskService {
             spec,
             rootfs,
             mounted,
+            dev,
         } = mounted;
         let unmount = || async {
             if mounted {
@@ -239,7 +250,7 @@ impl TaskService {
                     .as_ref()
                     .is_some_and(|p| p.terminal().unwrap_or(false)),
         };
-        let io = match TaskIo::open(&stdio, &self.pumps).await {
+        let io = match TaskIo::open(&stdio, &self.pumps, dev).await {
             Ok(io) => io,
             Err(err) => {
                 unmount().await;
@@ -620,23 +631,23 @@ fn linux_resources(any: Option<&Any>) -> Result<LinuxResources> {
         .kind(Kind::InvalidArgument, "parse the update's LinuxResources")
 }
 
-/// Mounts the spec's bind mounts inside the rootfs the shim mounted
-/// (`lifecycle::binds`), on a blocking thread when there is anything to do.
-async fn mount_binds(rootfs: &Path, spec: &Spec) -> Result<()> {
+/// Builds the container's tree in the rootfs the shim mounted: its `/dev`
+/// and the spec's bind mounts (`lifecycle::binds`), on a blocking thread.
+async fn mount_tree(rootfs: &Path, spec: &Spec, stdin: &str) -> Result<DevOutput> {
     let binds = binds::of_spec(spec).kind(Kind::InvalidArgument, "the spec's mounts")?;
     let root_read_only = spec
         .root()
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    if binds.is_empty() && !root_read_only {
-        return Ok(());
-    }
     let rootfs = rootfs.to_path_buf();
-    tokio::task::spawn_blocking(move || binds::mount_all(&rootfs, &binds, root_read_only))
-        .await
-        .kind(Kind::Internal, "mount task failed")?
-        .kind(Kind::InvalidArgument, "mount the container's bind mounts")
+    let stdin = (!stdin.is_empty()).then(|| PathBuf::from(stdin));
+    tokio::task::spawn_blocking(move || {
+        binds::mount_all(&rootfs, &binds, root_read_only, stdin.as_deref())
+    })
+    .await
+    .kind(Kind::Internal, "mount task failed")?
+    .kind(Kind::InvalidArgument, "mount the container's tree")
 }
 
 async fn load_spec(bundle: &Path) -> Result<Spec> {

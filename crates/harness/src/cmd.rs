@@ -1,7 +1,7 @@
 //! Running a command with a time limit and capturing what it printed.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -37,12 +37,18 @@ impl Output {
 
 /// Runs `cmd`, killing it after `limit`.
 pub fn run(mut cmd: Command, limit: Duration) -> Result<Output> {
-    let started = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawn {cmd:?}"))?;
+    wait(child, limit).with_context(|| format!("{cmd:?}"))
+}
+
+/// Waits for `child`, spawned with piped stdout and stderr, and reads both,
+/// killing it once `limit` has passed since this call.
+pub fn wait(mut child: Child, limit: Duration) -> Result<Output> {
+    let started = Instant::now();
     // Drain both pipes on threads so a chatty child cannot block on a full pipe.
     let mut out = child.stdout.take().context("no stdout pipe")?;
     let mut err = child.stderr.take().context("no stderr pipe")?;
@@ -63,7 +69,7 @@ pub fn run(mut cmd: Command, limit: Duration) -> Result<Output> {
         if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{cmd:?} did not finish within {limit:?}");
+            bail!("did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(2));
     };

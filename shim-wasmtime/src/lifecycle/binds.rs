@@ -16,8 +16,10 @@
 //! propagate to other mount namespaces; Delete's recursive unmount of the
 //! rootfs (`MNT_DETACH`) takes every one of them.
 //!
-//! `root.readonly` makes the rootfs mount read-only after the mountpoints
-//! exist; bind mounts keep their own flag.
+//! The container's `/dev` (`devices`) is mounted first, so the spec's mounts
+//! below it (`/dev/termination-log`, `/dev/shm`) land in it, and it is made
+//! read-only after them. `root.readonly` makes the rootfs mount read-only
+//! after the mountpoints exist; bind mounts keep their own flag.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -30,6 +32,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::MountPropagationFlags;
 
+use super::devices::{self, DevOutput};
 use super::entrypoint::in_root;
 
 /// Symlinks followed while making one destination, as the kernel's limit.
@@ -91,10 +94,17 @@ pub fn of_spec(spec: &Spec) -> Result<Vec<Bind>> {
     Ok(out)
 }
 
-/// Mounts `binds` inside `rootfs` (a mount the shim made), and makes the
-/// rootfs read-only when `root_read_only`. Blocking. On an error some
-/// mounts may be in place: the caller unmounts the rootfs recursively.
-pub fn mount_all(rootfs: &Path, binds: &[Bind], root_read_only: bool) -> Result<()> {
+/// Mounts the container's `/dev` (with `stdin`, containerd's stdin FIFO, at
+/// `/dev/stdin`) and `binds` inside `rootfs` (a mount the shim made), and
+/// makes the rootfs read-only when `root_read_only`. Returns the read ends
+/// of the guest's `/dev/stdout` and `/dev/stderr`. Blocking. On an error
+/// some mounts may be in place: the caller unmounts the rootfs recursively.
+pub fn mount_all(
+    rootfs: &Path,
+    binds: &[Bind],
+    root_read_only: bool,
+    stdin: Option<&Path>,
+) -> Result<DevOutput> {
     // Where links resolve from is read back as a path below this one.
     let rootfs =
         &std::fs::canonicalize(rootfs).with_context(|| format!("resolve {}", rootfs.display()))?;
@@ -109,6 +119,8 @@ pub fn mount_all(rootfs: &Path, binds: &[Bind], root_read_only: bool) -> Result<
         Mode::empty(),
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
+    let (dev, output) =
+        devices::mount(&root, rootfs, stdin).context("make the container's /dev")?;
     for bind in binds {
         mount_one(&root, rootfs, bind).with_context(|| {
             format!(
@@ -118,10 +130,11 @@ pub fn mount_all(rootfs: &Path, binds: &[Bind], root_read_only: bool) -> Result<
             )
         })?;
     }
+    set_read_only(dev.as_fd(), false).context("make /dev read-only")?;
     if root_read_only {
         set_read_only(root.as_fd(), false).context("make the rootfs read-only")?;
     }
-    Ok(())
+    Ok(output)
 }
 
 fn mount_one(root: &OwnedFd, rootfs: &Path, bind: &Bind) -> Result<()> {
@@ -152,7 +165,7 @@ fn mount_one(root: &OwnedFd, rootfs: &Path, bind: &Bind) -> Result<()> {
 /// resolve it, making what is missing: parent folders, and the mountpoint
 /// itself (a folder, or an empty file when `dir` is false). A symlink on the
 /// way, dangling or not, is followed inside `root`.
-fn mountpoint(root: &OwnedFd, rootfs: &Path, rel: &Path, dir: bool) -> Result<OwnedFd> {
+pub(super) fn mountpoint(root: &OwnedFd, rootfs: &Path, rel: &Path, dir: bool) -> Result<OwnedFd> {
     let mut want = rel.to_path_buf();
     for _ in 0..MAX_LINKS {
         match open_in_root(root, &want, dir) {
@@ -240,7 +253,7 @@ fn mountpoint(root: &OwnedFd, rootfs: &Path, rel: &Path, dir: bool) -> Result<Ow
 /// Tries of `openat2` that a rename elsewhere on the host interrupted.
 const OPENAT2_TRIES: usize = 16;
 
-fn open_in_root(root: &OwnedFd, rel: &Path, dir: bool) -> rustix::io::Result<OwnedFd> {
+pub(super) fn open_in_root(root: &OwnedFd, rel: &Path, dir: bool) -> rustix::io::Result<OwnedFd> {
     let mut flags = OFlags::PATH | OFlags::CLOEXEC;
     if dir {
         flags |= OFlags::DIRECTORY;
@@ -264,7 +277,7 @@ fn open_in_root(root: &OwnedFd, rel: &Path, dir: bool) -> rustix::io::Result<Own
 }
 
 /// `/proc/self/fd/N`: mounting there mounts on what `fd` is.
-fn proc_fd(fd: BorrowedFd<'_>) -> PathBuf {
+pub(super) fn proc_fd(fd: BorrowedFd<'_>) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 

@@ -9,6 +9,7 @@
 
 pub mod binds;
 pub mod cgroup;
+pub mod devices;
 pub mod entrypoint;
 pub mod error;
 pub mod events;

@@ -28,6 +28,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::devices::{DevOutput, DevPumps};
 use super::error::{Error, Kind, Result, ResultExt};
 
 /// The paths containerd gave for a task's streams.
@@ -101,6 +102,8 @@ pub struct TaskIo {
     released: Arc<AtomicBool>,
     /// Where each output pump is: see [`TaskIo::close_output`].
     pumped: Vec<PumpWatch>,
+    /// The copies of what guests write into `/dev/stdout` and `/dev/stderr`.
+    dev: Option<DevPumps>,
 }
 
 /// Where an output pump is.
@@ -131,9 +134,11 @@ impl Drop for DoneOnDrop {
 }
 
 impl TaskIo {
-    /// Opens the streams. Fails with a clear error for a terminal, which a
-    /// wasm guest cannot drive, and for log URIs other than `file://`.
-    pub async fn open(paths: &StdioPaths, pumps: &Pumps) -> Result<Self> {
+    /// Opens the streams, and copies what guests write into `dev` (their
+    /// `/dev/stdout` and `/dev/stderr`) to them. Fails with a clear error
+    /// for a terminal, which a wasm guest cannot drive, and for log URIs
+    /// other than `file://`.
+    pub async fn open(paths: &StdioPaths, pumps: &Pumps, dev: Option<DevOutput>) -> Result<Self> {
         if paths.terminal {
             return Err(Error::invalid(
                 "a terminal was requested (-t), but wasm guests have no terminal: run without -t",
@@ -147,6 +152,10 @@ impl TaskIo {
         let stderr = open_output(&paths.stderr, &released, pumps, &mut pumped)
             .await
             .kind(Kind::Internal, "open stderr")?;
+        let dev = dev
+            .map(|dev| dev.pump(&stdout, &stderr))
+            .transpose()
+            .kind(Kind::Internal, "read /dev/stdout and /dev/stderr")?;
         let (stdin, stdin_pump) = open_input(&paths.stdin);
         Ok(Self {
             stdin: Some(stdin),
@@ -156,10 +165,12 @@ impl TaskIo {
             stdin_pump,
             released,
             pumped,
+            dev,
         })
     }
 
-    /// Ends the guest's output (its pumps see EOF) and returns a future that
+    /// Ends the guest's output (its pumps see EOF, once what is left in its
+    /// `/dev/stdout` and `/dev/stderr` is copied) and returns a future that
     /// resolves once every pump has handed its client all, or the client has
     /// stopped reading: nothing moved for [`STALL_LIMIT`], or [`MAX_DRAIN`]
     /// has passed. A client that has not opened its FIFO yet gets
@@ -169,10 +180,15 @@ impl TaskIo {
     /// when they had not opened their FIFO yet (they open them on
     /// goroutines, late on a loaded machine).
     pub fn close_output(&mut self) -> impl std::future::Future<Output = ()> {
-        self.stdout.close();
-        self.stderr.close();
+        let dev = self.dev.take();
+        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
         let mut pumped = self.pumped.clone();
         async move {
+            if let Some(dev) = dev {
+                dev.finish().await;
+            }
+            stdout.close();
+            stderr.close();
             let give_up = tokio::time::Instant::now() + MAX_DRAIN;
             for pump in &mut pumped {
                 loop {
@@ -204,6 +220,7 @@ impl TaskIo {
 
     /// Closes every stream. Called when the task exits and when it is deleted.
     pub fn close(&mut self) {
+        self.dev.take();
         self.close_stdin();
         self.stdout.close();
         self.stderr.close();
@@ -454,7 +471,10 @@ async fn copy_counting(
     }
 }
 
-/// Returns the guest's stdin, and the task that copies the FIFO into it.
+/// Returns the guest's stdin, and the task that copies the FIFO into it. The
+/// copy starts when the guest first reads: until then the FIFO is the
+/// guest's to read through `/dev/stdin` (`devices`), as a process's fd 0
+/// and `/dev/stdin` are one pipe.
 fn open_input(
     path: &str,
 ) -> (
@@ -465,8 +485,12 @@ fn open_input(
         return (Box::new(tokio::io::empty()), None);
     }
     let (guest_end, mut shim_end) = tokio::io::duplex(64 * 1024);
+    let (first_read, wanted) = tokio::sync::oneshot::channel();
     let path = path.to_owned();
     let pump = tokio::spawn(async move {
+        if wanted.await.is_err() {
+            return;
+        }
         let opened = tokio::task::spawn_blocking({
             let path = path.clone();
             move || std::fs::OpenOptions::new().read(true).open(path)
@@ -489,7 +513,30 @@ fn open_input(
             Err(err) => tracing::warn!(%path, %err, "stdin is not a FIFO"),
         }
     });
+    let guest_end = OnFirstRead {
+        inner: guest_end,
+        first_read: Some(first_read),
+    };
     (Box::new(guest_end), Some(pump))
+}
+
+/// A reader that says when it is first read.
+struct OnFirstRead {
+    inner: tokio::io::DuplexStream,
+    first_read: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl AsyncRead for OnFirstRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(first_read) = self.first_read.take() {
+            let _ = first_read.send(());
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
 }
 
 /// A blocking read-open of a FIFO waits for a writer. If the client never

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wasmtime::component;
 use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
@@ -36,6 +36,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use super::guest::Linked;
 use super::mounts::Preopen;
 use super::names::{ContainerLookup, ContainerNames, NamesView};
+use super::stdin::GuestStdin;
 use crate::http::settings::{Outgoing, Settings as HttpSettings};
 use crate::lifecycle::netns::Namespace;
 use crate::lifecycle::throttle::Throttle;
@@ -335,7 +336,7 @@ pub fn may_bind(privileged: bool, port: u16) -> bool {
 impl Guest {
     fn wasi(
         &self,
-        stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        stdin: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
         stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         stderr: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         extra_env: Vec<(String, String)>,
@@ -366,7 +367,7 @@ impl Guest {
             .envs(&self.env)
             .envs(&extra.collect::<Vec<_>>())
             .initial_cwd(&self.cwd)
-            .stdin(AsyncStdinStream::new(stdin))
+            .stdin(GuestStdin::new(stdin))
             .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, stdout))
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, stderr));
         for p in &self.preopens {
@@ -396,7 +397,7 @@ impl Guest {
     /// request adds to the container's env.
     pub fn store_with_env(
         &self,
-        stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        stdin: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
         stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         stderr: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         budget: Option<Budget>,

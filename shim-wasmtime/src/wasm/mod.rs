@@ -15,6 +15,7 @@ pub mod instance;
 pub mod module;
 pub mod mounts;
 pub mod names;
+pub mod stdin;
 
 use std::sync::Arc;
 

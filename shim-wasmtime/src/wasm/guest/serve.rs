@@ -257,7 +257,7 @@ impl Serving {
     /// answer (503) when none can be made, said in the log.
     pub fn store(
         &self,
-        stdin: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        stdin: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
         stdout: impl tokio::io::AsyncWrite + Send + Sync + 'static,
         extra_env: Vec<(String, String)>,
         what: &str,
