@@ -150,12 +150,7 @@ fn an_image_s_own_dev_is_covered() -> Result<()> {
     let cd = Containerd::start()?;
     let tmp = tempfile::tempdir()?;
     let mut b = e2e::files_layer()?;
-    let mut dir = tar::Header::new_ustar();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    dir.set_mtime(0);
-    b.append_data(&mut dir, "dev", std::io::empty())?;
+    e2e::append_dir(&mut b, "dev")?;
     // /dev/mem, 1:1: all of the host's memory, were it usable.
     let mut node = tar::Header::new_ustar();
     node.set_entry_type(tar::EntryType::Char);

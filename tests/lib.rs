@@ -29,10 +29,35 @@ pub fn files_image(layer: Vec<u8>, reference: &str, tar_path: &Path) -> Result<(
 pub fn files_layer() -> Result<tar::Builder<Vec<u8>>> {
     let wasm = std::fs::read(harness::examples_dir().join("files.wasm"))?;
     let mut b = tar::Builder::new(Vec::new());
+    append_file(&mut b, "files.wasm", &wasm)?;
+    Ok(b)
+}
+
+/// Appends a regular file to a layer.
+pub fn append_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) -> Result<()> {
     let mut h = tar::Header::new_ustar();
-    h.set_size(wasm.len() as u64);
+    h.set_size(data.len() as u64);
     h.set_mode(0o755);
     h.set_mtime(0);
-    b.append_data(&mut h, "files.wasm", wasm.as_slice())?;
-    Ok(b)
+    Ok(b.append_data(&mut h, path, data)?)
+}
+
+/// Appends a folder to a layer.
+pub fn append_dir(b: &mut tar::Builder<Vec<u8>>, path: &str) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_mtime(0);
+    Ok(b.append_data(&mut h, path, std::io::empty())?)
+}
+
+/// Appends a symbolic link to `target` to a layer.
+pub fn append_symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    h.set_mtime(0);
+    Ok(b.append_link(&mut h, path, target)?)
 }

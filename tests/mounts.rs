@@ -57,7 +57,10 @@ fn single_files_and_folders_are_mounted_where_the_spec_says() -> Result<()> {
             &["write", "/etc/greeting", "x"],
         )?;
         assert_eq!(out.code, Some(1), "{kind}: a read-only file mount: {out:?}");
-        assert!(out.stderr.contains("Read-only file system"), "{kind}: {out:?}");
+        assert!(
+            out.stderr.contains("Read-only file system"),
+            "{kind}: {out:?}"
+        );
         assert_eq!(
             std::fs::read_to_string(&greeting)?,
             "hello from a file mount"
@@ -110,21 +113,11 @@ fn single_files_and_folders_are_mounted_where_the_spec_says() -> Result<()> {
 /// `a/b`, and the given symlinks.
 fn image_with_links(tar_path: &Path, name: &str, links: &[(&str, &str)]) -> Result<()> {
     let mut b = e2e::files_layer()?;
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_size(0);
-    h.set_mtime(0);
     for dir in ["etc/", "a/", "a/b/"] {
-        b.append_data(&mut h.clone(), dir, std::io::empty())?;
+        e2e::append_dir(&mut b, dir)?;
     }
     for (path, target) in links {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(0);
-        b.append_link(&mut h, path, target)?;
+        e2e::append_symlink(&mut b, path, target)?;
     }
     e2e::files_image(b.into_inner()?, name, tar_path)
 }

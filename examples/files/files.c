@@ -9,11 +9,20 @@
  *   files head PATH N       read at most N bytes of PATH, print them as hex
  *   files kind PATH         print what PATH is (following links): "file",
  *                           "directory", "character device", "fifo" or "other"
+ *   files readlink PATH     print the target of the symbolic link PATH
+ *   files symlink TARGET PATH  make PATH a symbolic link to TARGET
+ *   files rename FROM TO    rename FROM to TO
+ *   files unlink PATH       remove the file or link PATH
+ *   files bench PATH N      open, fstat and close PATH N times; print the
+ *                           nanoseconds one round took, on average
  *   files hog PATH          open PATH over and over, never closing, until an
  *                           open fails; print "opened N" and the error
  *
+ * Several commands separated by "--" run in order in one process.
+ *
  * Success exits 0. A failed operation prints "error: OP PATH: <strerror>" to
- * stderr (OP is open, read, write, close, stat or link) and exits 1; bad usage
+ * stderr (OP is open, read, write, close, stat, link, readlink, symlink,
+ * rename or unlink) and exits 1; bad usage
  * exits 2.
  */
 #include <dirent.h>
@@ -23,6 +32,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 static int fail(const char *op, const char *path) {
@@ -142,6 +152,34 @@ static int do_kind(const char *path) {
     return 0;
 }
 
+static int do_readlink(const char *path) {
+    char buf[4096];
+    ssize_t n = readlink(path, buf, sizeof buf - 1);
+    if (n < 0)
+        return fail("readlink", path);
+    buf[n] = '\0';
+    puts(buf);
+    return 0;
+}
+
+static int do_bench(const char *path, long n) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            return fail("open", path);
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            return fail("stat", path);
+        close(fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ns = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
+    printf("%.0f\n", n > 0 ? ns / n : 0.0);
+    return 0;
+}
+
 static int do_link(const char *from, const char *to) {
     if (link(from, to) != 0)
         return fail("link", to);
@@ -156,7 +194,8 @@ static int do_hog(const char *path) {
     return fail("open", path);
 }
 
-int main(int argc, char **argv) {
+/* One command: argv[1] is its name, argc counts argv[0] too. */
+static int command(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "read") == 0)
         return do_read(argv[2]);
     if (argc == 4 && strcmp(argv[1], "write") == 0)
@@ -169,11 +208,39 @@ int main(int argc, char **argv) {
         return do_link(argv[2], argv[3]);
     if (argc == 3 && strcmp(argv[1], "hog") == 0)
         return do_hog(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "bench") == 0)
+        return do_bench(argv[2], strtol(argv[3], NULL, 10));
+    if (argc == 3 && strcmp(argv[1], "readlink") == 0)
+        return do_readlink(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "symlink") == 0)
+        return symlink(argv[2], argv[3]) == 0 ? 0 : fail("symlink", argv[3]);
+    if (argc == 4 && strcmp(argv[1], "rename") == 0)
+        return rename(argv[2], argv[3]) == 0 ? 0 : fail("rename", argv[3]);
+    if (argc == 3 && strcmp(argv[1], "unlink") == 0)
+        return unlink(argv[2]) == 0 ? 0 : fail("unlink", argv[2]);
     if (argc == 4 && strcmp(argv[1], "head") == 0)
         return do_head(argv[2], strtol(argv[3], NULL, 10));
     if (argc == 3 && strcmp(argv[1], "kind") == 0)
         return do_kind(argv[2]);
     fprintf(stderr, "usage: files read PATH | write PATH TEXT | ls DIR | stat PATH | link FROM TO | hog PATH"
-                    " | head PATH N | kind PATH\n");
+                    " | head PATH N | kind PATH | readlink PATH | symlink TARGET PATH"
+                    " | rename FROM TO | unlink PATH | bench PATH N\n");
     return 2;
+}
+
+/* Commands separated by "--" run in order, in one process (so later ones see
+ * what earlier ones did to the container's files); the first failure ends
+ * the run with its exit code. */
+int main(int argc, char **argv) {
+    int start = 1;
+    for (int i = 1; i <= argc; i++) {
+        if (i == argc || strcmp(argv[i], "--") == 0) {
+            /* argv[start - 1] stands in for argv[0]. */
+            int rc = command(i - start + 1, argv + start - 1);
+            if (rc != 0)
+                return rc;
+            start = i + 1;
+        }
+    }
+    return 0;
 }

@@ -175,6 +175,8 @@ struct Images {
     /// HTTP functions: a wasi:http component, and a WAGI module.
     hello_http_p2: (PathBuf, ImageInfo),
     wagi: (PathBuf, ImageInfo),
+    /// The file-system probe, for the cost of resolving paths.
+    files: (PathBuf, ImageInfo),
 }
 
 fn read_images(dir: &Path) -> Result<Images> {
@@ -198,6 +200,7 @@ fn read_images(dir: &Path) -> Result<Images> {
         sleep: read("sleep")?,
         busybox: read("busybox")?,
         hello_http_p2: read("hello-http-p2")?,
+        files: read("files")?,
         wagi: read("wagi")?,
     })
 }
@@ -437,6 +440,7 @@ async fn bench(
         &images.busybox,
         &images.hello_http_p2,
         &images.wagi,
+        &images.files,
     ] {
         ctr.import(tar).await?;
     }
@@ -445,6 +449,7 @@ async fn bench(
             .clone()
             .unwrap_or_else(|| harness::image_name(example))
     };
+    let files_image = name(&images.files, "files");
     let http_setup = http::HttpSetup::locate(
         &cli.images
             .clone()
@@ -555,7 +560,7 @@ async fn bench(
         if cli.cri {
             run_pod_measures(&b, &pod_images, &mut collected, &mut errors).await
         } else {
-            run_measures(&b, &http_setup, &mut collected, &mut errors).await
+            run_measures(&b, &http_setup, &files_image, &mut collected, &mut errors).await
         }
     };
     let interrupted = tokio::select! {
@@ -642,6 +647,7 @@ fn record(
 async fn run_measures(
     b: &Arc<Bench>,
     http_setup: &http::HttpSetup,
+    files_image: &str,
     collected: &mut Vec<Measure>,
     errors: &mut Vec<MeasureError>,
 ) {
@@ -655,33 +661,33 @@ async fn run_measures(
         return;
     }
     phase(&format!(
-        "1/8 cold start through the API, {} runs each",
+        "1/9 cold start through the API, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, API", measures::cold_api(b).await);
     phase(&format!(
-        "2/8 cold start through ctr run --rm, {} runs each",
+        "2/9 cold start through ctr run --rm, {} runs each",
         b.cfg.iterations
     ));
     record("cold start, ctr run", measures::cold_ctr(b).await);
     phase(&format!(
-        "3/8 throughput, {} tasks in a row and {} at a time",
+        "3/9 throughput, {} tasks in a row and {} at a time",
         b.cfg.throughput_tasks, b.cfg.concurrency
     ));
     record("throughput", measures::throughput(b).await);
-    phase(&format!("4/8 idle memory, K = {:?}", b.cfg.idle));
+    phase(&format!("4/9 idle memory, K = {:?}", b.cfg.idle));
     record("idle memory", measures::idle_memory(b).await);
     if b.cfg.first_runs > 0 {
         phase(&format!(
-            "5/8 wasm first start in {} fresh containerds, {} cached starts after each",
+            "5/9 wasm first start in {} fresh containerds, {} cached starts after each",
             b.cfg.first_runs, b.cfg.cached_runs
         ));
         record("first vs cached start", measures::first_vs_cached(b).await);
     } else {
-        phase("5/8 first start: skipped (--first-runs 0)");
+        phase("5/9 first start: skipped (--first-runs 0)");
     }
     phase(&format!(
-        "6/8 the hello component against the hello module, {} runs each, and its first start",
+        "6/9 the hello component against the hello module, {} runs each, and its first start",
         b.cfg.iterations
     ));
     record(
@@ -689,10 +695,15 @@ async fn run_measures(
         measures::component_vs_module(b).await,
     );
     phase(&format!(
-        "7/8 a component with sockets (its own network namespace) against the hello component, {} runs each",
+        "7/9 a component with sockets (its own network namespace) against the hello component, {} runs each",
         b.cfg.iterations
     ));
     record("sockets", measures::sockets(b).await);
-    phase("8/8 HTTP functions: the shim against wasmtime serve, WAGI against httpd CGI, cold start to the first 200");
+    phase("8/9 HTTP functions: the shim against wasmtime serve, WAGI against httpd CGI, cold start to the first 200");
     record("http", http::http(b, http_setup).await);
+    phase(&format!(
+        "9/9 a file operation in the guest through an absolute link against by its own path, {} runs",
+        b.cfg.iterations
+    ));
+    record("file operations", measures::file_ops(b, files_image).await);
 }

@@ -21,6 +21,7 @@ use crate::lifecycle::{self, Workload};
 use crate::memory;
 use crate::progress::{self, Counter};
 use crate::results::{Better, Measure, RunConfig, Series, Unit};
+use crate::WASM_RUNTIME;
 
 /// How long idle containers are left to settle before their memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -600,6 +601,69 @@ pub async fn sockets(b: &Bench) -> Result<Vec<Measure>> {
     let what = "component with sockets vs without, ";
     let (total, task) = cold_measures(b, &b.sockets, "sockets_vs_component", what).await?;
     Ok(vec![task, total])
+}
+
+/// Rounds of open, fstat and close per run of the file measure.
+const FILE_ROUNDS: &str = "2000";
+
+/// 9. What resolving paths inside the container's root costs a guest per
+///    file operation (open, fstat and close of one file), as the guest times
+///    it (`files bench`): by the file's own path, which cap-std resolves
+///    beneath the root as before, and through an absolute symlink to it,
+///    which cap-std refuses and `in-root` resolves again from the root. Both
+///    in each run, `iterations` runs of `ctr run --rm`.
+pub async fn file_ops(b: &Bench, image: &str) -> Result<Vec<Measure>> {
+    let runs = b.cfg.iterations.max(1);
+    let counter = Counter::new("runs", runs);
+    let (mut direct, mut linked) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let id = b.id("files");
+        let args = [
+            "run",
+            "--rm",
+            "--runtime",
+            WASM_RUNTIME,
+            image,
+            &id,
+            "/files.wasm",
+            "symlink",
+            "/files.wasm",
+            "/link",
+            "--",
+            "bench",
+            "/files.wasm",
+            FILE_ROUNDS,
+            "--",
+            "bench",
+            "/link",
+            FILE_ROUNDS,
+        ];
+        let out = match b.ctr.run(&args, Duration::from_secs(120)).await {
+            Ok((_, out)) => out,
+            Err(err) => {
+                counter.finish();
+                let _ = lifecycle::teardown(&b.api, &id).await;
+                return Err(err);
+            }
+        };
+        let ns: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let [d, l] = ns[..] else {
+            counter.finish();
+            anyhow::bail!("files bench printed {out:?}, not two numbers");
+        };
+        // Nanoseconds per round, in µs.
+        direct.push(d / 1e3);
+        linked.push(l / 1e3);
+        counter.tick();
+    }
+    Ok(vec![Measure::new(
+        "file_op_in_root",
+        "open + fstat + close in the guest, through an absolute link vs by the file's own path",
+        Unit::Us,
+        Better::Lower,
+        Series::new("absolute link", "wasm", linked),
+        Series::new("own path", "wasm", direct),
+    )])
 }
 
 /// Removes every container of this run that is still there (after an error

@@ -11,6 +11,7 @@ use crate::stats::{self, Summary};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
+    Us,
     Ms,
     TasksPerSec,
     RequestsPerSec,
@@ -20,6 +21,7 @@ pub enum Unit {
 impl Unit {
     pub fn label(self) -> &'static str {
         match self {
+            Unit::Us => "µs",
             Unit::Ms => "ms",
             Unit::TasksPerSec => "tasks/s",
             Unit::RequestsPerSec => "req/s",

@@ -376,9 +376,13 @@ impl Guest {
             } else {
                 FsPerms::ReadWrite
             };
-            b.preopened_dir(&p.host, &p.guest, perms)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("open {} for {}", p.host.display(), p.guest))?;
+            if p.root {
+                b.preopened_root(&p.host, &p.guest, perms)
+            } else {
+                b.preopened_dir(&p.host, &p.guest, perms)
+            }
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("open {} for {}", p.host.display(), p.guest))?;
         }
         let mut wasi = b.build_p1();
         wasi.ctx().table.set_max_capacity(MAX_HANDLES_PER_TASK);

@@ -28,6 +28,10 @@ pub struct Preopen {
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
+    /// The container's whole tree: absolute symlinks and `..` at the top
+    /// resolve inside it, as in the container (wasmtime-wasi's patched
+    /// `preopened_root`, crate `in-root`), rather than fail.
+    pub root: bool,
 }
 
 /// The preopens for a task. `binds_mounted`: the bind mounts are inside
@@ -41,6 +45,7 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf, binds_mounted: bool) -> Result<Vec
             host: rootfs,
             guest: "/".to_string(),
             read_only: false,
+            root: true,
         }]);
     }
     let root_ro = spec
@@ -52,6 +57,7 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf, binds_mounted: bool) -> Result<Vec
         host: rootfs,
         guest: "/".to_string(),
         read_only: root_ro,
+        root: false,
     }];
     for bind in binds::of_spec(spec)? {
         match std::fs::metadata(&bind.source) {
@@ -75,6 +81,7 @@ pub fn preopens(spec: &Spec, rootfs: PathBuf, binds_mounted: bool) -> Result<Vec
             host: bind.source,
             guest: bind.destination,
             read_only: bind.read_only,
+            root: false,
         });
     }
     Ok(out)
@@ -160,6 +167,7 @@ mod tests {
             host: PathBuf::from("/r"),
             guest: "/".into(),
             read_only: false,
+            root: true,
         };
         assert_eq!(p, vec![want]);
     }

@@ -316,6 +316,27 @@ impl WasiCtxBuilder {
         Ok(self)
     }
 
+    /// [patched] Like [`Self::preopened_dir`], with the directory as the root
+    /// of the guest's tree, as `chroot` makes one: a path that would leave
+    /// the directory it is resolved from (an absolute symbolic link, `..`
+    /// past the top) is resolved again inside the root with
+    /// `openat2(RESOLVE_IN_ROOT)` rather than refused, for every path
+    /// operation of preview 1 and preview 2 (crate `in-root`). Reading a
+    /// symbolic link returns an absolute target as it is, and one can be
+    /// made. Linux only.
+    pub fn preopened_root(
+        &mut self,
+        host_path: impl AsRef<Path>,
+        guest_path: impl AsRef<str>,
+        perms: FsPerms,
+    ) -> Result<&mut Self> {
+        self.preopened_dir(host_path, guest_path, perms)?;
+        if let Some((dir, guest)) = self.filesystem.preopens.pop() {
+            self.filesystem.preopens.push((dir.into_root(), guest));
+        }
+        Ok(self)
+    }
+
     /// Set the generator for the `wasi:random/random` number generator to the
     /// custom generator specified.
     ///

@@ -806,6 +806,14 @@ pub struct Dir {
     pub open_mode: OpenMode,
 
     pub(crate) allow_blocking_current_thread: bool,
+
+    /// [patched] The root of the guest's tree this directory is in (itself,
+    /// for a root preopen), when its preopen was made with
+    /// `WasiCtxBuilder::preopened_root`: a path that leaves this directory
+    /// (an absolute symlink, `..` past the top) is then resolved again
+    /// inside the root, as under `chroot`, instead of refused (crate
+    /// `in-root`).
+    pub(crate) root: Option<Arc<std::fs::File>>,
 }
 
 impl Dir {
@@ -820,7 +828,14 @@ impl Dir {
             perms,
             open_mode,
             allow_blocking_current_thread,
+            root: None,
         }
+    }
+
+    /// [patched] Makes this directory the root of the guest's tree.
+    pub(crate) fn into_root(mut self) -> Self {
+        self.root = Some(self.dir.clone());
+        self
     }
 
     /// Execute the blocking `body` function.
@@ -860,8 +875,11 @@ impl Dir {
         if self.perms.write_not_permitted() {
             return Err(ErrorCode::NotPermitted);
         }
+        let root = self.root.clone(); // [patched]
         self.run_blocking(move |d| {
-            crate::filesystem::primitives::create_dir(d, path.as_ref(), &DirOptions::new())
+            in_root::retry(root.as_deref(), d, path.as_ref(), in_root::Follow::No, |d, p| {
+                crate::filesystem::primitives::create_dir(d, p, &DirOptions::new())
+            })
         })
         .await?;
         Ok(())
@@ -877,8 +895,13 @@ impl Dir {
         } else {
             FollowSymlinks::No
         };
+        let root = self.root.clone(); // [patched]
         let ret = self
-            .run_blocking(move |d| sys::stat_at(d, path.as_ref(), follow))
+            .run_blocking(move |d| {
+                in_root::retry(root.as_deref(), d, path.as_ref(), follows(follow), |d, p| {
+                    sys::stat_at(d, p, follow)
+                })
+            })
             .await?;
         Ok(ret)
     }
@@ -893,14 +916,19 @@ impl Dir {
         if self.perms.write_not_permitted() {
             return Err(ErrorCode::NotPermitted);
         }
+        let root = self.root.clone(); // [patched]
         if path_flags.contains(PathFlags::SYMLINK_FOLLOW) {
             self.run_blocking(move |d| {
-                crate::filesystem::primitives::set_times(d, path.as_ref(), atim, mtim)
+                in_root::retry(root.as_deref(), d, path.as_ref(), in_root::Follow::Yes, |d, p| {
+                    crate::filesystem::primitives::set_times(d, p, atim, mtim)
+                })
             })
             .await?;
         } else {
             self.run_blocking(move |d| {
-                crate::filesystem::primitives::set_times_nofollow(d, path.as_ref(), atim, mtim)
+                in_root::retry(root.as_deref(), d, path.as_ref(), in_root::Follow::No, |d, p| {
+                    crate::filesystem::primitives::set_times_nofollow(d, p, atim, mtim)
+                })
             })
             .await?;
         }
@@ -927,12 +955,13 @@ impl Dir {
             return Err(ErrorCode::NotPermitted);
         }
         let new_dir_handle = Arc::clone(&new_dir.dir);
+        let root = self.root.clone(); // [patched]
         self.run_blocking(move |d| {
-            crate::filesystem::primitives::hard_link(
-                d,
-                old_path.as_ref(),
-                &new_dir_handle,
-                new_path.as_ref(),
+            in_root::retry2(
+                root.as_deref(),
+                (d, old_path.as_ref()),
+                (&new_dir_handle, new_path.as_ref()),
+                crate::filesystem::primitives::hard_link,
             )
         })
         .await?;
@@ -1024,9 +1053,17 @@ impl Dir {
             NotDir,
         }
 
+        let root = self.root.clone(); // [patched]
+        let follow = if path_flags.contains(PathFlags::SYMLINK_FOLLOW) {
+            in_root::Follow::Yes
+        } else {
+            in_root::Follow::No
+        };
         let opened = self
             .run_blocking::<_, std::io::Result<OpenResult>>(move |d| {
-                let opened = crate::filesystem::primitives::open(d, path.as_ref(), &opts)?;
+                let opened = in_root::retry(root.as_deref(), d, path.as_ref(), follow, |d, p| {
+                    crate::filesystem::primitives::open(d, p, &opts)
+                })?;
                 if Metadata::from_file(&opened)?.is_dir() {
                     Ok(OpenResult::Dir(opened))
                 } else if oflags.contains(OpenFlags::DIRECTORY) {
@@ -1046,12 +1083,11 @@ impl Dir {
                 Err(ErrorCode::IsDirectory)
             }
 
-            OpenResult::Dir(dir) => Ok(Descriptor::Dir(Dir::new(
-                dir,
-                self.perms,
-                open_mode,
-                allow_blocking_current_thread,
-            ))),
+            OpenResult::Dir(dir) => Ok(Descriptor::Dir(Dir {
+                // [patched] A directory opened inside a root is in that root.
+                root: self.root.clone(),
+                ..Dir::new(dir, self.perms, open_mode, allow_blocking_current_thread)
+            })),
 
             OpenResult::File(file) => Ok(Descriptor::File(File::new(
                 file,
@@ -1065,8 +1101,18 @@ impl Dir {
     }
 
     pub(crate) async fn readlink_at(&self, path: String) -> Result<String, ErrorCode> {
+        // [patched] Inside a root an absolute target is the guest's own, and
+        // is returned as it is.
+        let root = self.root.clone();
         let link = self
-            .run_blocking(move |d| crate::filesystem::primitives::read_link(d, path.as_ref()))
+            .run_blocking(move |d| match root {
+                Some(root) => {
+                    in_root::retry(Some(&root), d, path.as_ref(), in_root::Follow::No, |d, p| {
+                        crate::filesystem::primitives::read_link_contents(d, p)
+                    })
+                }
+                None => crate::filesystem::primitives::read_link(d, path.as_ref()),
+            })
             .await?;
         link.into_os_string()
             .into_string()
@@ -1077,8 +1123,17 @@ impl Dir {
         if self.perms.write_not_permitted() {
             return Err(ErrorCode::NotPermitted);
         }
-        self.run_blocking(move |d| crate::filesystem::primitives::remove_dir(d, path.as_ref()))
-            .await?;
+        let root = self.root.clone(); // [patched]
+        self.run_blocking(move |d| {
+            in_root::retry(
+                root.as_deref(),
+                d,
+                path.as_ref(),
+                in_root::Follow::No,
+                crate::filesystem::primitives::remove_dir,
+            )
+        })
+        .await?;
         Ok(())
     }
 
@@ -1098,12 +1153,13 @@ impl Dir {
             return Err(ErrorCode::NotPermitted);
         }
         let new_dir_handle = Arc::clone(&new_dir.dir);
+        let root = self.root.clone(); // [patched]
         self.run_blocking(move |d| {
-            crate::filesystem::primitives::rename(
-                d,
-                old_path.as_ref(),
-                &new_dir_handle,
-                new_path.as_ref(),
+            in_root::retry2(
+                root.as_deref(),
+                (d, old_path.as_ref()),
+                (&new_dir_handle, new_path.as_ref()),
+                crate::filesystem::primitives::rename,
             )
         })
         .await?;
@@ -1118,8 +1174,20 @@ impl Dir {
         if self.perms.write_not_permitted() {
             return Err(ErrorCode::NotPermitted);
         }
-        self.run_blocking(move |d| sys::symlink(src_path.as_ref(), d, dest_path.as_ref()))
-            .await?;
+        // [patched] Inside a root an absolute target is the guest's own: it
+        // resolves inside the root too.
+        let root = self.root.clone();
+        self.run_blocking(move |d| match root {
+            Some(root) => in_root::retry(
+                Some(&root),
+                d,
+                dest_path.as_ref(),
+                in_root::Follow::No,
+                |d, p| crate::filesystem::primitives::symlink_impl(src_path.as_ref(), d, p),
+            ),
+            None => sys::symlink(src_path.as_ref(), d, dest_path.as_ref()),
+        })
+        .await?;
         Ok(())
     }
 
@@ -1127,8 +1195,17 @@ impl Dir {
         if self.perms.write_not_permitted() {
             return Err(ErrorCode::NotPermitted);
         }
-        self.run_blocking(move |d| sys::remove_file_or_symlink(d, path.as_ref()))
-            .await?;
+        let root = self.root.clone(); // [patched]
+        self.run_blocking(move |d| {
+            in_root::retry(
+                root.as_deref(),
+                d,
+                path.as_ref(),
+                in_root::Follow::No,
+                sys::remove_file_or_symlink,
+            )
+        })
+        .await?;
         Ok(())
     }
 
@@ -1143,10 +1220,23 @@ impl Dir {
         } else {
             FollowSymlinks::No
         };
+        let root = self.root.clone(); // [patched]
         let hash = self
-            .run_blocking(move |d| sys::metadata_hash_at(d, path.as_ref(), follow))
+            .run_blocking(move |d| {
+                in_root::retry(root.as_deref(), d, path.as_ref(), follows(follow), |d, p| {
+                    sys::metadata_hash_at(d, p, follow)
+                })
+            })
             .await?;
         Ok(hash)
+    }
+}
+
+/// [patched] Whether `in_root` follows a link in the last name.
+fn follows(follow: FollowSymlinks) -> in_root::Follow {
+    match follow {
+        FollowSymlinks::Yes => in_root::Follow::Yes,
+        FollowSymlinks::No => in_root::Follow::No,
     }
 }
 

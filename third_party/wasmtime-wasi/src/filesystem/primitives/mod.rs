@@ -73,6 +73,7 @@ pub use open_dir::*;
 pub use open_options::*;
 pub use read_dir::read_base_dir;
 pub use read_link::read_link;
+pub use read_link::read_link_contents; // [patched]
 pub use remove_dir::remove_dir;
 pub use remove_file::remove_file;
 pub use rename::rename;
