@@ -194,8 +194,8 @@ fn an_image_cannot_point_a_mount_at_the_hosts_files() -> Result<()> {
 
 /// What CRI mounts into every container as single files, and the
 /// termination log the kubelet reads, for a wasm container of a pod; its
-/// `/dev` holds them beside the devices, and `/dev/stderr` reaches the
-/// container's log.
+/// `/dev` holds them beside the devices, `/dev/stderr` reaches the
+/// container's log, and a ConfigMap volume's links lead to its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() -> Result<()> {
     let cd = Containerd::start_cri(&Default::default())?;
@@ -208,7 +208,20 @@ async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() ->
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     let log = tmp.path().join("termination-log");
     std::fs::write(&log, "")?;
-    let mounts = [(log.as_path(), "/dev/termination-log", false)];
+    // A ConfigMap volume as the kubelet lays it out: the data in a dated
+    // folder, `..data` linking to it, and each key linking through `..data`.
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(config.join("..2026_12_01_00_00_00.1"))?;
+    std::fs::write(
+        config.join("..2026_12_01_00_00_00.1/app.conf"),
+        "from a config map",
+    )?;
+    std::os::unix::fs::symlink("..2026_12_01_00_00_00.1", config.join("..data"))?;
+    std::os::unix::fs::symlink("..data/app.conf", config.join("app.conf"))?;
+    let mounts = [
+        (log.as_path(), "/dev/termination-log", false),
+        (config.as_path(), "/etc/config", true),
+    ];
     for (name, args) in [
         ("hostname", vec!["read", "/etc/hostname"]),
         ("hosts", vec!["read", "/etc/hosts"]),
@@ -219,6 +232,7 @@ async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() ->
             "devout",
             vec!["write", "/dev/stderr", "through /dev/stderr"],
         ),
+        ("configmap", vec!["read", "/etc/config/app.conf"]),
     ] {
         let mut command = vec!["/files.wasm"];
         command.extend(args);
@@ -236,6 +250,7 @@ async fn a_pod_s_wasm_container_sees_its_hostname_hosts_and_termination_log() ->
                 .iter()
                 .all(|want| lines.iter().any(|l| l == want)),
             "devout" => lines == ["through /dev/stderr".to_string()],
+            "configmap" => lines == ["from a config map".to_string()],
             _ => true,
         };
         // containerd copies output into the log on its own time.

@@ -44,6 +44,12 @@ const TARGETS: [&str; 16] = [
 /// and cap-std then reaches `f` for `f/.`, where the kernel says ENOTDIR.
 const PARTS: [&str; 11] = ["a", "b", "c", "f", "g", "l1", "l2", "l3", "l4", "l5", ".."];
 
+/// The swapping test renames all the time, and the kernel answers a lookup
+/// with `..` by EAGAIN while any rename races it: the resolver tries 16
+/// times, then reports it. The comparison runs alone, so it compares
+/// resolutions.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Tree {
     _tmp: tempfile::TempDir,
     root: File,
@@ -97,14 +103,20 @@ fn kernel(t: &Tree, base: &str, path: &Path, follow: Follow) -> Option<(u64, u64
     } else {
         full
     };
-    let fd = rustix::fs::openat2(
-        &t.root,
-        &full,
-        flags,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-    .ok()?;
+    // EAGAIN: a rename anywhere (the swapping test runs beside this one)
+    // raced a lookup with `..`; the kernel asks to try again.
+    let fd = loop {
+        match rustix::fs::openat2(
+            &t.root,
+            &full,
+            flags,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Err(Errno::AGAIN) => continue,
+            other => break other.ok()?,
+        }
+    };
     let st = rustix::fs::fstat(&fd).ok()?;
     Some((st.st_dev, st.st_ino))
 }
@@ -145,6 +157,7 @@ proptest! {
             1..12,
         ),
     ) {
+        let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
         let t = tree(&links);
         for (base, parts, absolute, follow) in paths {
             let path = path_of(&parts, absolute);
@@ -192,6 +205,7 @@ fn without_a_root_an_escape_stays_refused() {
 /// root or fails, never the host's.
 #[test]
 fn links_swapped_meanwhile_never_lead_outside() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let t = tree(&[]);
     let secret = t._tmp.path().join("secret");
     let root_path = t.root_path.clone();
