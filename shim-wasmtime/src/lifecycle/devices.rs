@@ -65,6 +65,11 @@ pub(super) fn mount(
 ) -> Result<(OwnedFd, DevOutput)> {
     let dev = Path::new("dev");
     let at = mountpoint(root, rootfs, dev, true)?;
+    // An image's `/dev -> /` would put the tmpfs over the whole tree.
+    let (a, r) = (rustix::fs::fstat(&at)?, rustix::fs::fstat(root)?);
+    if (a.st_dev, a.st_ino) == (r.st_dev, r.st_ino) {
+        bail!("the image's /dev leads to its root");
+    }
     rustix::mount::mount(
         "tmpfs",
         proc_fd(at.as_fd()),
@@ -173,11 +178,11 @@ impl DevOutput {
 impl DevPumps {
     /// Copies what is left in the FIFOs, once no guest of the task can
     /// write any more, and stops.
+    /// Past [`DRAIN_LIMIT`] the copies are stopped (when `self` drops).
     pub async fn finish(mut self) {
         self.stop.send_replace(true);
-        let copies = std::mem::take(&mut self.copies);
         let all = async {
-            for copy in copies {
+            for copy in &mut self.copies {
                 let _ = copy.await;
             }
         };

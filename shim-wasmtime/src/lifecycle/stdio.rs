@@ -11,8 +11,10 @@
 //! - When the guest ends, its end is closed; the pump drains what is left
 //!   and closes the FIFO, and the client sees EOF.
 //!
-//! stdin is opened read-only, which blocks until the client opens its end;
-//! that happens on a blocking thread so it never holds up a request.
+//! stdin is the guest's `/dev/stdin` too (`devices`), so nothing reads it
+//! ahead: the FIFO is opened, on a blocking thread (the open waits for the
+//! client's end), and copied only once the guest first reads fd 0. CloseIO
+//! hands the guest what the client wrote, then EOF.
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,7 +22,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,32 +44,80 @@ pub struct StdioPaths {
 
 type BoxWriter = Pin<Box<dyn AsyncWrite + Send + Sync>>;
 
-/// A shareable writer that the shim can close from outside, whoever holds a clone.
+/// A shareable writer that the shim can close from outside, whoever holds a
+/// clone. Several tasks may write at once (the guest's fd 1 and its
+/// `/dev/stdout`): the writers underneath keep one waker each, so every
+/// writer that finds it full is remembered and all are woken when it drains.
 #[derive(Clone)]
-pub struct Writer(Arc<Mutex<Option<BoxWriter>>>);
+pub struct Writer(Arc<WriterShared>);
+
+struct WriterShared {
+    inner: Mutex<Option<BoxWriter>>,
+    waiting: Arc<Waiting>,
+}
+
+/// The writers waiting for the one underneath; woken together.
+#[derive(Default)]
+struct Waiting(Mutex<Vec<Waker>>);
+
+impl Wake for Waiting {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let waiting = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+}
 
 impl Writer {
     fn new(inner: impl AsyncWrite + Send + Sync + 'static) -> Self {
-        Self(Arc::new(Mutex::new(Some(Box::pin(inner)))))
+        Self(Arc::new(WriterShared {
+            inner: Mutex::new(Some(Box::pin(inner))),
+            waiting: Arc::default(),
+        }))
     }
 
     /// Drops the underlying file, so readers of the FIFO see EOF. Later writes fail.
     pub fn close(&self) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.0
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Writers waiting for room get their error now.
+        Waker::from(self.0.waiting.clone()).wake();
     }
 
     fn with<R>(
         &self,
-        f: impl FnOnce(Pin<&mut (dyn AsyncWrite + Send + Sync)>) -> Poll<io::Result<R>>,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(
+            Pin<&mut (dyn AsyncWrite + Send + Sync)>,
+            &mut Context<'_>,
+        ) -> Poll<io::Result<R>>,
     ) -> Poll<io::Result<R>> {
-        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match guard.as_mut() {
-            Some(w) => f(w.as_mut()),
-            None => {
-                tracing::debug!("a write after the task's output was closed");
-                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        let mut guard = self.0.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(w) = guard.as_mut() else {
+            tracing::debug!("a write after the task's output was closed");
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        {
+            let mut waiting = self
+                .0
+                .waiting
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
             }
         }
+        let all = Waker::from(self.0.waiting.clone());
+        f(w.as_mut(), &mut Context::from_waker(&all))
     }
 }
 
@@ -77,15 +127,15 @@ impl AsyncWrite for Writer {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.with(|w| w.poll_write(cx, buf))
+        self.with(cx, |w, cx| w.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|w| w.poll_flush(cx))
+        self.with(cx, |w, cx| w.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|w| w.poll_shutdown(cx))
+        self.with(cx, |w, cx| w.poll_shutdown(cx))
     }
 }
 
@@ -96,7 +146,7 @@ pub struct TaskIo {
     pub stdout: Writer,
     pub stderr: Writer,
     stdin_path: String,
-    stdin_pump: Option<JoinHandle<()>>,
+    stdin_pump: Option<StdinPump>,
     /// Set when the task is deleted: output pumps still waiting for a
     /// client give up.
     released: Arc<AtomicBool>,
@@ -210,10 +260,28 @@ impl TaskIo {
         }
     }
 
-    /// Ends the guest's stdin (CloseIO): it reads EOF from now on.
+    /// Ends the guest's stdin (CloseIO): it reads what the client wrote,
+    /// then EOF. The client asks once it has written all it had, so what it
+    /// wrote is in the FIFO: an open pump copies that and ends. A pump that
+    /// has not opened the FIFO yet (the guest has not read fd 0) ends now.
     pub fn close_stdin(&mut self) {
+        let Some(pump) = &mut self.stdin_pump else {
+            return;
+        };
+        if pump.opened.load(Ordering::SeqCst) {
+            if let Some(close) = pump.close.take() {
+                let _ = close.send(());
+            }
+        } else {
+            self.stop_stdin();
+        }
+    }
+
+    /// Stops reading stdin at once, and releases any open of the FIFO still
+    /// waiting for its other end (the shim's, or a guest's of `/dev/stdin`).
+    fn stop_stdin(&mut self) {
         if let Some(pump) = self.stdin_pump.take() {
-            pump.abort();
+            pump.task.abort();
             release_blocked_open(&self.stdin_path);
         }
     }
@@ -221,7 +289,7 @@ impl TaskIo {
     /// Closes every stream. Called when the task exits and when it is deleted.
     pub fn close(&mut self) {
         self.dev.take();
-        self.close_stdin();
+        self.stop_stdin();
         self.stdout.close();
         self.stderr.close();
     }
@@ -471,53 +539,117 @@ async fn copy_counting(
     }
 }
 
+/// The task that copies containerd's stdin FIFO into the guest's stdin.
+struct StdinPump {
+    task: JoinHandle<()>,
+    /// Set once the pump has the FIFO open.
+    opened: Arc<AtomicBool>,
+    /// Asks an open pump to copy what is in the FIFO, then end (CloseIO).
+    close: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// Returns the guest's stdin, and the task that copies the FIFO into it. The
 /// copy starts when the guest first reads: until then the FIFO is the
 /// guest's to read through `/dev/stdin` (`devices`), as a process's fd 0
 /// and `/dev/stdin` are one pipe.
-fn open_input(
-    path: &str,
-) -> (
-    Box<dyn AsyncRead + Send + Sync + Unpin>,
-    Option<JoinHandle<()>>,
-) {
+fn open_input(path: &str) -> (Box<dyn AsyncRead + Send + Sync + Unpin>, Option<StdinPump>) {
     if path.is_empty() {
         return (Box::new(tokio::io::empty()), None);
     }
-    let (guest_end, mut shim_end) = tokio::io::duplex(64 * 1024);
+    let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
     let (first_read, wanted) = tokio::sync::oneshot::channel();
-    let path = path.to_owned();
-    let pump = tokio::spawn(async move {
-        if wanted.await.is_err() {
-            return;
-        }
-        let opened = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || std::fs::OpenOptions::new().read(true).open(path)
-        })
-        .await;
-        let file = match opened {
-            Ok(Ok(file)) => file,
-            Ok(Err(err)) => {
-                tracing::warn!(%path, %err, "cannot open stdin");
-                return;
-            }
-            Err(_) => return,
-        };
-        match pipe::Receiver::from_file(file) {
-            Ok(mut fifo) => {
-                if let Err(err) = tokio::io::copy(&mut fifo, &mut shim_end).await {
-                    tracing::debug!(%path, %err, "stdin copy ended");
-                }
-            }
-            Err(err) => tracing::warn!(%path, %err, "stdin is not a FIFO"),
-        }
-    });
+    let (close, closed) = tokio::sync::oneshot::channel();
+    let opened = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(pump_input(
+        path.to_owned(),
+        wanted,
+        opened.clone(),
+        closed,
+        shim_end,
+    ));
     let guest_end = OnFirstRead {
         inner: guest_end,
         first_read: Some(first_read),
     };
+    let pump = StdinPump {
+        task,
+        opened,
+        close: Some(close),
+    };
     (Box::new(guest_end), Some(pump))
+}
+
+/// Copies the stdin FIFO at `path` into `to` once the guest wants it, until
+/// the client closes its end, or until CloseIO (`closed`) and what the
+/// FIFO holds then is copied.
+async fn pump_input(
+    path: String,
+    wanted: tokio::sync::oneshot::Receiver<()>,
+    opened: Arc<AtomicBool>,
+    mut closed: tokio::sync::oneshot::Receiver<()>,
+    mut to: tokio::io::DuplexStream,
+) {
+    use tokio::io::AsyncWriteExt;
+    if wanted.await.is_err() {
+        return;
+    }
+    let file = match tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || std::fs::OpenOptions::new().read(true).open(path)
+    })
+    .await
+    {
+        Ok(Ok(file)) => file,
+        Ok(Err(err)) => {
+            tracing::warn!(%path, %err, "cannot open stdin");
+            return;
+        }
+        Err(_) => return,
+    };
+    let fifo = match pipe::Receiver::from_file(file) {
+        Ok(fifo) => fifo,
+        Err(err) => {
+            tracing::warn!(%path, %err, "stdin is not a FIFO");
+            return;
+        }
+    };
+    opened.store(true, Ordering::SeqCst);
+    // A buffer only while there is something to copy.
+    const CHUNK: usize = 16 * 1024;
+    loop {
+        tokio::select! {
+            biased;
+            ready = fifo.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            Ok(()) = &mut closed => break,
+        }
+        let mut buf = vec![0u8; CHUNK];
+        match fifo.try_read(&mut buf) {
+            // The client closed its end.
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => {
+                tracing::debug!(%path, %err, "stdin copy ended");
+                return;
+            }
+        }
+    }
+    // CloseIO: read(2) itself, as tokio's `try_read` tries only once the
+    // reactor has seen the FIFO readable.
+    let mut buf = vec![0u8; CHUNK];
+    while let Ok(n @ 1..) = rustix::io::read(&fifo, &mut buf) {
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A reader that says when it is first read.
@@ -539,14 +671,19 @@ impl AsyncRead for OnFirstRead {
     }
 }
 
-/// A blocking read-open of a FIFO waits for a writer. If the client never
-/// came, open the write end once without blocking, so that thread can finish.
+/// An open of a FIFO waits for its other end: the shim's read-open for a
+/// writer, a guest's open of `/dev/stdin` for a writer or a reader. If that
+/// end never came, open each end once without blocking, so those threads
+/// can finish.
 fn release_blocked_open(path: &str) {
     if path.is_empty() || path.contains("://") {
         return;
     }
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(Path::new(path));
+    for write in [true, false] {
+        let _ = std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(Path::new(path));
+    }
 }

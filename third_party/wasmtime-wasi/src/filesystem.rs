@@ -1054,7 +1054,11 @@ impl Dir {
         }
 
         let root = self.root.clone(); // [patched]
-        let follow = if path_flags.contains(PathFlags::SYMLINK_FOLLOW) {
+        // With O_EXCL a link in the last name is never followed: the open
+        // fails with EEXIST, as on Linux.
+        let follow = if path_flags.contains(PathFlags::SYMLINK_FOLLOW)
+            && !oflags.contains(OpenFlags::EXCLUSIVE)
+        {
             in_root::Follow::Yes
         } else {
             in_root::Follow::No
