@@ -105,19 +105,25 @@ impl Writer {
             tracing::debug!("a write after the task's output was closed");
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         };
+        // Registered before the poll, so a wake that comes between the
+        // poll and the registration is not lost; withdrawn when the poll
+        // needs no wake, so only tasks that wait are kept.
+        let waiting = &self.0.waiting.0;
         {
-            let mut waiting = self
-                .0
-                .waiting
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
             if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
                 waiting.push(cx.waker().clone());
             }
         }
         let all = Waker::from(self.0.waiting.clone());
-        f(w.as_mut(), &mut Context::from_waker(&all))
+        let polled = f(w.as_mut(), &mut Context::from_waker(&all));
+        if polled.is_ready() {
+            waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|w| !w.will_wake(cx.waker()));
+        }
+        polled
     }
 }
 
