@@ -134,9 +134,23 @@ impl DiskCache {
         self.max_bytes
     }
 
-    /// Whether there is an entry for `module` (not whether it loads).
+    /// Whether there is an entry for `module` that is Wasmtime's code by its
+    /// ELF header (not whether it loads). An entry that is not (corrupt, or
+    /// cut short) is removed, so the guest is compiled again, in a child.
     pub fn holds(&self, module: &Digest32) -> bool {
-        self.path(module).exists()
+        let path = self.path(module);
+        if !path.exists() {
+            return false;
+        }
+        match Engine::detect_precompiled_file(&path) {
+            Ok(Some(_)) => true,
+            other => {
+                let err = other.err().map(|e| format!("{e:#}")).unwrap_or_default();
+                tracing::warn!(path = %path.display(), err, "dropping an unreadable cache entry");
+                let _ = fs::remove_file(&path);
+                false
+            }
+        }
     }
 
     fn path(&self, module: &Digest32) -> PathBuf {
