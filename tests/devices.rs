@@ -10,14 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use harness::{Containerd, Output, RUNTIME};
-
-/// `ctr run --rm` of `image`'s `/files.wasm` with `args`.
-fn files(cd: &Containerd, image: &str, id: &str, args: &[&str]) -> Result<Output> {
-    let mut a = vec!["/files.wasm"];
-    a.extend_from_slice(args);
-    cd.run_rm(image, id, &a)
-}
+use e2e::files;
+use harness::{Containerd, RUNTIME};
 
 #[test]
 fn a_guest_has_the_devices_of_a_container() -> Result<()> {
@@ -25,25 +19,32 @@ fn a_guest_has_the_devices_of_a_container() -> Result<()> {
     for (kind, image) in [("p1", cd.import("files")?), ("p2", cd.import("files-p2")?)] {
         let id = |n: &str| format!("{kind}-{n}");
 
-        let out = files(&cd, &image, &id("ls"), &["ls", "/dev"])?.ok()?;
+        let out = files(&cd, &image, &id("ls"), &[], &["ls", "/dev"])?.ok()?;
         assert_eq!(
             out.stdout, "fd\nfull\nnull\nrandom\nstderr\nstdin\nstdout\nurandom\nzero\n",
             "{kind}: /dev holds the devices and the streams, nothing else"
         );
-        let out = files(&cd, &image, &id("lsfd"), &["ls", "/dev/fd"])?.ok()?;
+        let out = files(&cd, &image, &id("lsfd"), &[], &["ls", "/dev/fd"])?.ok()?;
         assert_eq!(out.stdout, "0\n1\n2\n", "{kind}");
-        let out = files(&cd, &image, &id("kind"), &["kind", "/dev/null"])?.ok()?;
+        let out = files(&cd, &image, &id("kind"), &[], &["kind", "/dev/null"])?.ok()?;
         assert_eq!(out.stdout, "character device\n", "{kind}");
 
         // null: writes vanish, reads end at once.
-        files(&cd, &image, &id("wnull"), &["write", "/dev/null", "gone"])?.ok()?;
-        let out = files(&cd, &image, &id("rnull"), &["read", "/dev/null"])?.ok()?;
+        files(
+            &cd,
+            &image,
+            &id("wnull"),
+            &[],
+            &["write", "/dev/null", "gone"],
+        )?
+        .ok()?;
+        let out = files(&cd, &image, &id("rnull"), &[], &["read", "/dev/null"])?.ok()?;
         assert_eq!(out.stdout, "", "{kind}");
 
-        let out = files(&cd, &image, &id("zero"), &["head", "/dev/zero", "16"])?.ok()?;
+        let out = files(&cd, &image, &id("zero"), &[], &["head", "/dev/zero", "16"])?.ok()?;
         assert_eq!(out.stdout.trim(), "00".repeat(16), "{kind}");
 
-        let out = files(&cd, &image, &id("full"), &["write", "/dev/full", "x"])?;
+        let out = files(&cd, &image, &id("full"), &[], &["write", "/dev/full", "x"])?;
         assert_eq!(out.code, Some(1), "{kind}: a write to /dev/full: {out:?}");
         assert!(
             out.stderr.contains("No space left on device"),
@@ -51,8 +52,8 @@ fn a_guest_has_the_devices_of_a_container() -> Result<()> {
         );
 
         for dev in ["/dev/random", "/dev/urandom"] {
-            let a = files(&cd, &image, &id("rand1"), &["head", dev, "32"])?.ok()?;
-            let b = files(&cd, &image, &id("rand2"), &["head", dev, "32"])?.ok()?;
+            let a = files(&cd, &image, &id("rand1"), &[], &["head", dev, "32"])?.ok()?;
+            let b = files(&cd, &image, &id("rand2"), &[], &["head", dev, "32"])?.ok()?;
             assert_eq!(a.stdout.trim().len(), 64, "{kind}: 32 bytes of {dev}");
             assert_ne!(
                 a.stdout, b.stdout,
@@ -69,7 +70,7 @@ fn a_guest_has_the_devices_of_a_container() -> Result<()> {
             ("/dev/fd/2", false),
         ] {
             let text = format!("{kind} through {path}");
-            let out = files(&cd, &image, &id("out"), &["write", path, &text])?.ok()?;
+            let out = files(&cd, &image, &id("out"), &[], &["write", path, &text])?.ok()?;
             let (got, other) = if to_stdout {
                 (&out.stdout, &out.stderr)
             } else {
@@ -81,14 +82,14 @@ fn a_guest_has_the_devices_of_a_container() -> Result<()> {
 
         // Nothing else of the host's, and no new files.
         for missing in ["/dev/tty", "/dev/ptmx", "/dev/kmsg", "/dev/shm"] {
-            let out = files(&cd, &image, &id("miss"), &["stat", missing])?;
+            let out = files(&cd, &image, &id("miss"), &[], &["stat", missing])?;
             assert_eq!(out.code, Some(1), "{kind}: {missing}: {out:?}");
             assert!(
                 out.stderr.contains("No such file or directory"),
                 "{kind}: {missing}: {out:?}"
             );
         }
-        let out = files(&cd, &image, &id("new"), &["write", "/dev/new", "x"])?;
+        let out = files(&cd, &image, &id("new"), &[], &["write", "/dev/new", "x"])?;
         assert_eq!(out.code, Some(1), "{kind}: a file made in /dev: {out:?}");
         assert!(
             out.stderr.contains("Read-only file system"),
@@ -164,9 +165,9 @@ fn an_image_s_own_dev_is_covered() -> Result<()> {
     let image = "docker.io/test/own-dev:1";
     e2e::files_image(b.into_inner()?, image, &tar)?;
     cd.import_tar(&tar)?;
-    let out = files(&cd, image, "own-ls", &["ls", "/dev"])?.ok()?;
+    let out = files(&cd, image, "own-ls", &[], &["ls", "/dev"])?.ok()?;
     assert!(!out.stdout.contains("mem"), "{out:?}");
-    let out = files(&cd, image, "own-mem", &["head", "/dev/mem", "16"])?;
+    let out = files(&cd, image, "own-mem", &[], &["head", "/dev/mem", "16"])?;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     cd.assert_clean()

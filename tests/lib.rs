@@ -25,6 +25,21 @@ pub fn files_image(layer: Vec<u8>, reference: &str, tar_path: &Path) -> Result<(
     Layout::single(manifest, vec![config, layer], reference).write_tar(tar_path)
 }
 
+/// `ctr run --rm` of `image`'s `/files.wasm` (the `files` example) with
+/// `mounts` (`ctr run --mount` values) and `args`.
+pub fn files(
+    cd: &harness::Containerd,
+    image: &str,
+    id: &str,
+    mounts: &[&str],
+    args: &[&str],
+) -> Result<harness::Output> {
+    let options: Vec<&str> = mounts.iter().flat_map(|m| ["--mount", m]).collect();
+    let mut a = vec!["/files.wasm"];
+    a.extend_from_slice(args);
+    cd.run_rm_with(&options, image, id, &a)
+}
+
 /// A layer builder that already holds `/files.wasm` (the `files` example).
 pub fn files_layer() -> Result<tar::Builder<Vec<u8>>> {
     let wasm = std::fs::read(harness::examples_dir().join("files.wasm"))?;

@@ -50,9 +50,7 @@ fn links_resolve_inside_the_container() -> Result<()> {
         image(&tar, &name, &wasm)?;
         cd.import_tar(&tar)?;
         let run = |id: &str, args: &[&str]| -> Result<Output> {
-            let mut a = vec!["/files.wasm"];
-            a.extend_from_slice(args);
-            cd.run_rm_with(&["--mount", &mount], &name, &format!("{kind}-{id}"), &a)
+            e2e::files(&cd, &name, &format!("{kind}-{id}"), &[mount.as_str()], args)
         };
         let ok = |id: &str, args: &[&str]| -> Result<String> { Ok(run(id, args)?.ok()?.stdout) };
 

@@ -10,25 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use e2e::files;
 use harness::cri::{log_lines, Cri};
 use harness::{bind_mount, Containerd, RUNTIME};
-
-/// `ctr run --rm` of `image`'s `/files.wasm` with `mounts` and `args`.
-fn files(
-    cd: &Containerd,
-    image: &str,
-    id: &str,
-    mounts: &[&str],
-    args: &[&str],
-) -> Result<harness::Output> {
-    let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
-    for m in mounts {
-        a.extend(["--mount", m]);
-    }
-    a.extend([image, id, "/files.wasm"]);
-    a.extend_from_slice(args);
-    cd.ctr(&a)
-}
 
 #[test]
 fn single_files_and_folders_are_mounted_where_the_spec_says() -> Result<()> {

@@ -192,12 +192,14 @@ impl TaskService {
             }
             return Ok(Route::Runc(Box::new(spec)));
         }
-        let ready = match self.sandboxes.rewrite_wasm(&mut spec) {
-            Ok(()) if mounted => mount_tree(&rootfs, &spec, &req.stdin).await.map(Some),
-            Ok(()) => Ok(None),
-            Err(err) => Err(err),
+        let ready = async {
+            self.sandboxes.rewrite_wasm(&mut spec)?;
+            if !mounted {
+                return Ok(None);
+            }
+            mount_tree(&rootfs, &spec, &req.stdin).await.map(Some)
         };
-        let dev = match ready {
+        let dev = match ready.await {
             Ok(dev) => dev,
             Err(err) => {
                 if mounted {

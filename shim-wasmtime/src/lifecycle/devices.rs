@@ -27,12 +27,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::mount::MountFlags;
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::binds::{mountpoint, open_in_root, proc_fd};
+use super::stdio::copy_fifo;
 use super::Writer;
 
 /// The read ends of the guest's `/dev/stdout` and `/dev/stderr`.
@@ -169,7 +169,14 @@ impl DevOutput {
         let mut copies = Vec::new();
         for (fd, to) in [(self.stdout, stdout), (self.stderr, stderr)] {
             let fifo = pipe::Receiver::from_owned_fd(fd)?;
-            copies.push(tokio::spawn(copy(fifo, to.clone(), stopped.clone())));
+            let (mut to, mut stopped) = (to.clone(), stopped.clone());
+            copies.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                // Errors end the copy: the task's output is closed.
+                let _ = copy_fifo(&fifo, &mut to, stop).await;
+            }));
         }
         Ok(DevPumps { stop, copies })
     }
@@ -196,42 +203,6 @@ impl Drop for DevPumps {
     fn drop(&mut self) {
         for copy in &self.copies {
             copy.abort();
-        }
-    }
-}
-
-async fn copy(fifo: pipe::Receiver, mut to: Writer, mut stop: watch::Receiver<bool>) {
-    // A buffer exists only while there is something to copy: an idle
-    // task's copies hold none.
-    const CHUNK: usize = 16 * 1024;
-    loop {
-        tokio::select! {
-            biased;
-            ready = fifo.readable() => {
-                if ready.is_err() {
-                    return;
-                }
-            }
-            _ = stop.wait_for(|stop| *stop) => break,
-        }
-        let mut buf = vec![0u8; CHUNK];
-        match fifo.try_read(&mut buf) {
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
-    // The guests have ended: everything they wrote is in the FIFO. Read it
-    // with read(2) itself (the FIFO is non-blocking): tokio's `try_read`
-    // would not try before the reactor has seen the FIFO become readable.
-    let mut buf = vec![0u8; CHUNK];
-    while let Ok(n @ 1..) = rustix::io::read(&fifo, &mut buf) {
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
         }
     }
 }

@@ -95,7 +95,7 @@ impl Writer {
     fn with<R>(
         &self,
         cx: &mut Context<'_>,
-        f: impl FnOnce(
+        mut f: impl FnMut(
             Pin<&mut (dyn AsyncWrite + Send + Sync)>,
             &mut Context<'_>,
         ) -> Poll<io::Result<R>>,
@@ -105,9 +105,14 @@ impl Writer {
             tracing::debug!("a write after the task's output was closed");
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         };
-        // Registered before the poll, so a wake that comes between the
-        // poll and the registration is not lost; withdrawn when the poll
-        // needs no wake, so only tasks that wait are kept.
+        let all = Waker::from(self.0.waiting.clone());
+        let mut all = Context::from_waker(&all);
+        if let Poll::Ready(done) = f(w.as_mut(), &mut all) {
+            return Poll::Ready(done);
+        }
+        // Full: wait with the others. The writer underneath may have woken
+        // them between that poll and this registration, so poll again now
+        // that this task is among them.
         let waiting = &self.0.waiting.0;
         {
             let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
@@ -115,8 +120,7 @@ impl Writer {
                 waiting.push(cx.waker().clone());
             }
         }
-        let all = Waker::from(self.0.waiting.clone());
-        let polled = f(w.as_mut(), &mut Context::from_waker(&all));
+        let polled = f(w.as_mut(), &mut all);
         if polled.is_ready() {
             waiting
                 .lock()
@@ -269,17 +273,12 @@ impl TaskIo {
     /// Ends the guest's stdin (CloseIO): it reads what the client wrote,
     /// then EOF. The client asks once it has written all it had, so what it
     /// wrote is in the FIFO: an open pump copies that and ends. A pump that
-    /// has not opened the FIFO yet (the guest has not read fd 0) ends now.
+    /// has not opened the FIFO yet (the guest has not read fd 0) ends
+    /// without it, its open released if it waits.
     pub fn close_stdin(&mut self) {
-        let Some(pump) = &mut self.stdin_pump else {
-            return;
-        };
-        if pump.opened.load(Ordering::SeqCst) {
-            if let Some(close) = pump.close.take() {
-                let _ = close.send(());
-            }
-        } else {
-            self.stop_stdin();
+        if let Some(close) = self.stdin_pump.as_mut().and_then(|p| p.close.take()) {
+            let _ = close.send(());
+            release_blocked_open(&self.stdin_path);
         }
     }
 
@@ -548,9 +547,7 @@ async fn copy_counting(
 /// The task that copies containerd's stdin FIFO into the guest's stdin.
 struct StdinPump {
     task: JoinHandle<()>,
-    /// Set once the pump has the FIFO open.
-    opened: Arc<AtomicBool>,
-    /// Asks an open pump to copy what is in the FIFO, then end (CloseIO).
+    /// Asks the pump to copy what is in the FIFO, then end (CloseIO).
     close: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -565,21 +562,13 @@ fn open_input(path: &str) -> (Box<dyn AsyncRead + Send + Sync + Unpin>, Option<S
     let (guest_end, shim_end) = tokio::io::duplex(64 * 1024);
     let (first_read, wanted) = tokio::sync::oneshot::channel();
     let (close, closed) = tokio::sync::oneshot::channel();
-    let opened = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(pump_input(
-        path.to_owned(),
-        wanted,
-        opened.clone(),
-        closed,
-        shim_end,
-    ));
+    let task = tokio::spawn(pump_input(path.to_owned(), wanted, closed, shim_end));
     let guest_end = OnFirstRead {
         inner: guest_end,
         first_read: Some(first_read),
     };
     let pump = StdinPump {
         task,
-        opened,
         close: Some(close),
     };
     (Box::new(guest_end), Some(pump))
@@ -591,13 +580,12 @@ fn open_input(path: &str) -> (Box<dyn AsyncRead + Send + Sync + Unpin>, Option<S
 async fn pump_input(
     path: String,
     wanted: tokio::sync::oneshot::Receiver<()>,
-    opened: Arc<AtomicBool>,
     mut closed: tokio::sync::oneshot::Receiver<()>,
     mut to: tokio::io::DuplexStream,
 ) {
-    use tokio::io::AsyncWriteExt;
-    if wanted.await.is_err() {
-        return;
+    tokio::select! {
+        first = wanted => if first.is_err() { return },
+        Ok(()) = &mut closed => return,
     }
     let file = match tokio::task::spawn_blocking({
         let path = path.clone();
@@ -619,43 +607,51 @@ async fn pump_input(
             return;
         }
     };
-    opened.store(true, Ordering::SeqCst);
-    // A buffer only while there is something to copy.
+    let closed = async {
+        if closed.await.is_err() {
+            // No CloseIO will come: copy until the client's end closes.
+            std::future::pending::<()>().await;
+        }
+    };
+    if let Err(err) = copy_fifo(&fifo, &mut to, closed).await {
+        tracing::debug!(%path, %err, "stdin copy ended");
+    }
+}
+
+/// Copies the non-blocking FIFO `from` into `to` until every writer has
+/// closed it, or until `stop` resolves and what the FIFO holds then is
+/// copied (the writers are done: a client after CloseIO, the guests of an
+/// ended task). A buffer exists only while there is something to copy, so
+/// an idle copy holds none.
+pub(super) async fn copy_fifo(
+    from: &pipe::Receiver,
+    to: &mut (impl AsyncWrite + Unpin),
+    stop: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
     const CHUNK: usize = 16 * 1024;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            ready = fifo.readable() => {
-                if ready.is_err() {
-                    return;
-                }
-            }
-            Ok(()) = &mut closed => break,
+            ready = from.readable() => ready?,
+            () = &mut stop => break,
         }
         let mut buf = vec![0u8; CHUNK];
-        match fifo.try_read(&mut buf) {
-            // The client closed its end.
-            Ok(0) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
+        match from.try_read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n]).await?,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => {
-                tracing::debug!(%path, %err, "stdin copy ended");
-                return;
-            }
+            Err(err) => return Err(err),
         }
     }
-    // CloseIO: read(2) itself, as tokio's `try_read` tries only once the
-    // reactor has seen the FIFO readable.
+    // read(2) itself: tokio's `try_read` tries only once the reactor has
+    // seen the FIFO readable.
     let mut buf = vec![0u8; CHUNK];
-    while let Ok(n @ 1..) = rustix::io::read(&fifo, &mut buf) {
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
+    while let Ok(n @ 1..) = rustix::io::read(from, &mut buf) {
+        to.write_all(&buf[..n]).await?;
     }
+    Ok(())
 }
 
 /// A reader that says when it is first read.
