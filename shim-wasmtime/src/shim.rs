@@ -134,14 +134,28 @@ async fn remove_dead_socket(bundle: &std::path::Path) {
     if !is_socket {
         return;
     }
-    if let Err(err) = tokio::net::UnixStream::connect(path).await {
-        if err.kind() == std::io::ErrorKind::ConnectionRefused
-            && tokio::fs::remove_file(path).await.is_ok()
-        {
-            tracing::info!(socket = path, "removed the socket of a shim that died");
+    // A shim being killed can still hold its listening socket, and accept,
+    // a moment after containerd saw its connection drop and ran us: ask a
+    // few times before taking an answer as a live shim's.
+    for _ in 0..DEAD_SOCKET_TRIES {
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => tokio::time::sleep(DEAD_SOCKET_RETRY).await,
+            Err(err) => {
+                if err.kind() == std::io::ErrorKind::ConnectionRefused
+                    && tokio::fs::remove_file(path).await.is_ok()
+                {
+                    tracing::info!(socket = path, "removed the socket of a shim that died");
+                }
+                return;
+            }
         }
     }
 }
+
+/// How often, and how far apart, `shim delete` asks whether a socket's shim
+/// is alive: 100 ms at most, spent only when it answers.
+const DEAD_SOCKET_TRIES: usize = 5;
+const DEAD_SOCKET_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Every task's files are this process's descriptors: take the hard limit.
 fn raise_fd_limit() {
