@@ -2,7 +2,7 @@
 //! shims load it from disk; the cache folder is root-only; and compiled code
 //! smuggled in through an image is refused, never loaded.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use harness::Containerd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -116,6 +116,40 @@ fn a_corrupt_cache_entry_is_recompiled() -> Result<()> {
     assert_eq!(out.stdout, "Hello from WebAssembly!\n");
     assert_eq!(log_count(&cd, "INFO compiled"), 2, "{}", cd.log());
     // Both times in a child: the shim's own memory never holds a compile.
+    assert_eq!(log_count(&cd, "in a child process"), 2, "{}", cd.log());
+    cd.assert_clean()
+}
+
+#[test]
+fn a_cache_entry_that_passes_the_header_check_but_does_not_load_is_recompiled_in_a_child(
+) -> Result<()> {
+    let cd = Containerd::start()?;
+    let image = cd.import("hello")?;
+    cd.run_rm(&image, "v1", &[])?.ok()?;
+    let entry = std::fs::read_dir(cache_dir(&cd))?
+        .flatten()
+        .next()
+        .context("no cache entry")?;
+    // Another Wasmtime's code, as far as its engine section says (format 0,
+    // then the 2-byte major version "48"): still an ELF file of Wasmtime's
+    // by its header, so `holds` keeps it, and only loading it fails.
+    let mut code = std::fs::read(entry.path())?;
+    let found: Vec<usize> = code
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"\x00\x0248")
+        .map(|(at, _)| at)
+        .collect();
+    let [at] = found[..] else {
+        bail!("the engine section's version, once, in the entry: found at {found:?}");
+    };
+    code[at + 2..at + 4].copy_from_slice(b"47");
+    std::fs::write(entry.path(), code)?;
+    let out = cd.run_rm(&image, "v2", &[])?.ok()?;
+    assert_eq!(out.stdout, "Hello from WebAssembly!\n");
+    assert_eq!(log_count(&cd, "did not load"), 1, "{}", cd.log());
+    // Both compiles in a child: the shim's own memory never holds one.
+    assert_eq!(log_count(&cd, "INFO compiled"), 2, "{}", cd.log());
     assert_eq!(log_count(&cd, "in a child process"), 2, "{}", cd.log());
     cd.assert_clean()
 }

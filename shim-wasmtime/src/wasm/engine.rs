@@ -24,7 +24,7 @@ use wasmtime::{
 
 use super::cache::DiskCache;
 use super::compiler::Failure;
-use super::guest::{Linked, Toolbox};
+use super::guest::{EntryDropped, Linked, Toolbox};
 
 /// How many guests one shim can hold at once (the pool's size).
 /// `WASMTIME_SHIM_MAX_INSTANCES` overrides it.
@@ -195,12 +195,27 @@ impl WasmEngine {
                 self.compile_ahead(&digest, &bytes)
                     .await
                     .with_context(what)?;
-                let tools = self.tools.clone();
-                tokio::task::spawn_blocking(move || {
-                    kind.link(&tools, &digest, &bytes).with_context(what)
-                })
-                .await
-                .context("compile task failed")?
+                let link = || {
+                    let (tools, bytes) = (self.tools.clone(), bytes.clone());
+                    async move {
+                        tokio::task::spawn_blocking(move || kind.link(&tools, &digest, &bytes))
+                            .await
+                            .context("compile task failed")?
+                    }
+                };
+                match link().await {
+                    // The entry passed the header check but did not load,
+                    // and is gone: compile again (in a child, as a miss
+                    // would) rather than in this process.
+                    Err(err) if err.downcast_ref::<EntryDropped>().is_some() => {
+                        tracing::warn!("{err:#}; compiling the guest again");
+                        self.compile_ahead(&digest, &bytes)
+                            .await
+                            .with_context(what)?;
+                        link().await.with_context(what)
+                    }
+                    other => other.with_context(what),
+                }
             })
             .await;
         if linked.is_err() {

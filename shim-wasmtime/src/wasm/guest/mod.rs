@@ -162,15 +162,32 @@ pub fn identify(bytes: &[u8]) -> Result<&'static dyn Kind> {
     )
 }
 
-/// Compiles `bytes`, or loads the code the shim compiled for them before.
+/// A compiled-code cache entry passed the header check but did not load,
+/// and has been removed: the caller compiles the guest again (in a child,
+/// where it can) and links once more.
+#[derive(Debug)]
+pub struct EntryDropped;
+
+impl std::fmt::Display for EntryDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the guest's compiled code in the cache did not load")
+    }
+}
+
+impl std::error::Error for EntryDropped {}
+
+/// Loads the code the shim compiled for `bytes` before, or compiles them.
+/// Fails with [`EntryDropped`] when there was an entry that did not load.
 fn compile<A: Artifact>(tools: &Toolbox, digest: &Digest32, bytes: &[u8]) -> Result<A> {
-    if let Some(compiled) = tools
-        .disk
-        .as_ref()
-        .and_then(|d| d.load::<A>(&tools.engine, digest))
-    {
-        tracing::debug!(digest = hex::encode(digest), "compiled-code cache hit");
-        return Ok(compiled);
+    if let Some(disk) = &tools.disk {
+        let had_entry = disk.holds(digest);
+        if let Some(compiled) = disk.load::<A>(&tools.engine, digest) {
+            tracing::debug!(digest = hex::encode(digest), "compiled-code cache hit");
+            return Ok(compiled);
+        }
+        if had_entry {
+            return Err(EntryDropped.into());
+        }
     }
     let started = std::time::Instant::now();
     let compiled = A::compile(&tools.engine, bytes)?;
