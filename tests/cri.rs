@@ -128,6 +128,22 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     assert_eq!((code, out.as_str()), (0, "probe ok\n"));
     assert_eq!(cd.shim_pids(), shims, "still the pod's one wasm shim");
     assert_eq!(cd.runc_shim_pids().len(), 1, "one runc shim per pod");
+    // How containerd reached the pod's shim for the sidecar. 2.x, told task
+    // API version 3 by the sandbox's `start`, connects a pod's container
+    // straight to the pod's shim, and writes the bundle's `sandbox` file
+    // only then. 1.x runs the binary's `start`, which writes `address`.
+    let bundle = cd.bundle(&sidecar);
+    let v3 = cd.version.starts_with('2');
+    assert_eq!(
+        (
+            bundle.join("sandbox").exists(),
+            bundle.join("address").exists()
+        ),
+        (v3, !v3),
+        "containerd {}: (sandbox, address) files in {}",
+        cd.version,
+        bundle.display()
+    );
 
     // A second sidecar shares the first one's IPC and UTS namespaces: the
     // pause's. Its IPC namespace is the pod's own, not the host's (its UTS

@@ -16,6 +16,7 @@ mod runc;
 mod sandbox;
 mod service;
 mod shim;
+mod task_api;
 mod wasm;
 
 /// The runtime name containerd knows this shim by.

@@ -685,6 +685,32 @@ pub async fn delete_after_crash(
     }
 }
 
+/// Deletes container `id` of a dead shim's pod in the pod's runc shim
+/// (listening on `runc_socket`), when its bundle `bundle` may be gone:
+/// recorded in the pod's ledger ([`crate::lifecycle::ledger`]). One already
+/// deleted (containerd ran `shim delete` for it too) is not found: nothing
+/// to do.
+pub async fn delete_member_after_crash(id: &str, bundle: &Path, runc_socket: &str) {
+    // runc writes its errors to `log.json` in the bundle, and fails every
+    // command when it cannot; containerd removes a container's bundle as
+    // soon as its task is gone. An empty folder in its place, for as long
+    // as runc works on it, lets runc kill and delete the container.
+    let stand_in = {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(bundle)
+            .is_ok()
+    };
+    match stop_in_runc_shim(runc_socket, id).await {
+        Ok(_) => tracing::info!(id, "deleted in the pod's runc shim after the shim died"),
+        Err(err) => tracing::debug!(id, "deleting in the pod's runc shim: {err:#}"),
+    }
+    if stand_in {
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+}
+
 async fn stop_in_runc_shim(address: &str, id: &str) -> anyhow::Result<api::DeleteResponse> {
     // containerd 2.x's runc shim serves v3, 1.x's v2: ask v3 first.
     let mut shim = RuncShim {

@@ -31,7 +31,7 @@ use crate::lifecycle::limits::{self, Change, LiveLimits};
 use crate::lifecycle::pause::Pause;
 use crate::lifecycle::stdio::{Pumps, StdioPaths, TaskIo};
 use crate::lifecycle::task::{ExitStatus, KillOutcome, Status, Task, TaskParts};
-use crate::lifecycle::{binds, entrypoint, rootfs, Limits, Runtime, TaskSpec, Usage};
+use crate::lifecycle::{binds, entrypoint, ledger, rootfs, Limits, Runtime, TaskSpec, Usage};
 use crate::runc::Delegates;
 use crate::sandbox::{self, Sandboxes};
 
@@ -695,6 +695,7 @@ impl TaskApi for TaskService {
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
             Ok(Route::Runc(spec)) => {
+                ledger::record(bundle, &spec, &id, true);
                 // If the pod's pause exits, its sandbox ends with it.
                 let tasks = self.tasks.clone();
                 let end_sandbox = move |pod: String| {
@@ -713,7 +714,10 @@ impl TaskApi for TaskService {
                     .await;
             }
             Ok(Route::Sandbox(mounted)) => self.create_sandbox(req, *mounted).await,
-            Ok(Route::Wasm(mounted)) => self.do_create(req, *mounted, &*self.runtime).await,
+            Ok(Route::Wasm(mounted)) => {
+                ledger::record(bundle, &mounted.spec, &id, false);
+                self.do_create(req, *mounted, &*self.runtime).await
+            }
             Err(err) => Err(err),
         };
         let res = res.map_err(|e| e.context(format!("create container {id}")));

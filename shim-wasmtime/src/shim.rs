@@ -1,7 +1,8 @@
 //! The shim process: what containerd runs as `containerd-shim-wasmtime-v1`.
 //!
 //! - `start` finds or spawns the long-lived server for this container's group
-//!   and prints its socket address. Containers of one Kubernetes pod share a
+//!   and prints its socket address (with the task API version on containerd
+//!   2.x: [`crate::task_api`]). Containers of one Kubernetes pod share a
 //!   group (`io.kubernetes.cri.sandbox-id`), so one shim serves a whole pod;
 //!   under `ctr` each container gets its own.
 //! - `delete` cleans a bundle up after a shim died without doing so.
@@ -11,7 +12,7 @@
 //! - With no action, the process is the server: it serves the Task API until
 //!   its last task is deleted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,9 +23,10 @@ use containerd_shim::{api, Config, Error, Flags, StartOpts};
 use containerd_shim_protos::protobuf::MessageField;
 
 use crate::lifecycle::events::Events;
-use crate::lifecycle::rootfs;
+use crate::lifecycle::{ledger, rootfs};
 use crate::runc;
 use crate::service::{Lifetime, TaskService};
+use crate::task_api;
 use crate::wasm::content::ContentStore;
 use crate::wasm::WasmtimeRuntime;
 
@@ -174,6 +176,44 @@ fn raise_fd_limit() {
     }
 }
 
+impl WasmtimeShim {
+    /// Where the runc shim of the group of the container with bundle
+    /// `bundle` listens: runc's shim hashes the bare group id.
+    async fn runc_socket(&self, id: &str, bundle: &Path) -> String {
+        let spec = containerd_shim::asynchronous::util::read_spec(bundle)
+            .await
+            .ok();
+        let group = spec
+            .as_ref()
+            .map(|s| group_of(s, id))
+            .unwrap_or_else(|| id.to_string());
+        containerd_shim::socket_address(&self.address, &self.namespace, &group)
+    }
+
+    /// Cleans up after the containers of a dead shim's pod that its
+    /// ledger names (see [`ledger`]), before the sandbox itself: the pod's
+    /// runc shim deletes those handed to it, and the others' root
+    /// filesystems and cgroups go.
+    async fn clean_up_pod(&self, sandbox_bundle: &Path, runc_socket: &str) {
+        for (member, bundle) in ledger::read(sandbox_bundle) {
+            if member.id == self.id {
+                continue;
+            }
+            if member.runc {
+                runc::delete_member_after_crash(&member.id, &bundle, runc_socket).await;
+                continue;
+            }
+            rootfs::unmount(&rootfs::path(&bundle)).await;
+            if let Some(path) = member.cgroups_path {
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::lifecycle::cgroup::remove_all(&path)
+                })
+                .await;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Shim for WasmtimeShim {
     type T = TaskService;
@@ -203,7 +243,7 @@ impl Shim for WasmtimeShim {
         let existing = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
         if running_shim(&existing, &opts.id).await {
             containerd_shim::asynchronous::util::write_str_to_file("address", &existing).await?;
-            return Ok(existing);
+            return Ok(task_api::start_answer(&existing));
         }
         let runc = runc::Launcher::find(&opts.publish_binary)
             .map(|p| p.to_string_lossy().into_owned())
@@ -218,7 +258,7 @@ impl Shim for WasmtimeShim {
         }
         let address = spawn(opts, &group, vars).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
-        Ok(address)
+        Ok(task_api::start_answer(&address))
     }
 
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
@@ -228,41 +268,31 @@ impl Shim for WasmtimeShim {
             PathBuf::from(&self.bundle)
         };
         remove_dead_socket(&bundle).await;
+        let runc_socket = self.runc_socket(&self.id, &bundle).await;
+        self.clean_up_pod(&bundle, &runc_socket).await;
         let launcher = runc::Launcher::beside(
             &self.publish_binary,
             &self.namespace,
             &self.address,
             self.debug,
         );
-        let spec = containerd_shim::asynchronous::util::read_spec(&bundle)
-            .await
-            .ok();
-        // Where the group's runc shim listens: runc hashes the bare group id.
-        let runc_socket = containerd_shim::socket_address(
-            &self.address,
-            &self.namespace,
-            &spec
-                .as_ref()
-                .map(|s| group_of(s, &self.id))
-                .unwrap_or_else(|| self.id.clone()),
-        );
         if let Some(res) = runc::delete_after_crash(&self.id, &bundle, launcher, &runc_socket).await
         {
             return Ok(res);
         }
         rootfs::unmount(&rootfs::path(&bundle)).await;
-        if let Some(spec) = spec {
-            if let Some(path) = spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_ref())
-            {
-                let path = path.to_string_lossy().into_owned();
-                let _ = tokio::task::spawn_blocking(move || {
-                    crate::lifecycle::cgroup::remove_all(&path)
-                })
-                .await;
-            }
+        let spec = containerd_shim::asynchronous::util::read_spec(&bundle)
+            .await
+            .ok();
+        if let Some(path) = spec
+            .as_ref()
+            .and_then(|s| s.linux().as_ref())
+            .and_then(|l| l.cgroups_path().as_ref())
+        {
+            let path = path.to_string_lossy().into_owned();
+            let _ =
+                tokio::task::spawn_blocking(move || crate::lifecycle::cgroup::remove_all(&path))
+                    .await;
         }
         Ok(api::DeleteResponse {
             // The shim died, so its task was killed: report SIGKILL.

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod entrypoint;
 pub mod error;
 pub mod events;
+pub mod ledger;
 pub mod limits;
 pub mod netns;
 pub mod pause;
