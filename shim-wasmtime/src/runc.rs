@@ -478,7 +478,18 @@ impl Delegates {
                 address = shim.endpoint.address,
                 "handed to runc"
             ),
-            Err(_) => self.forget(ctx, &id).await,
+            Err(_) => {
+                // A Create that failed after the runc shim made the
+                // container (the call itself failed, say) would leave it
+                // there until that shim stops: delete it. Not found, the
+                // usual answer, changes nothing.
+                let delete = api::DeleteRequest {
+                    id: id.clone(),
+                    ..Default::default()
+                };
+                let _: ttrpc::Result<api::DeleteResponse> = shim.ask(5, "Delete", &delete).await;
+                self.forget(ctx, &id).await
+            }
         }
         res.map_err(|e| explain(&id, e))
     }
