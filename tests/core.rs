@@ -180,6 +180,43 @@ fn kill_stops_a_spinning_guest() -> Result<()> {
     cd.assert_clean()
 }
 
+/// Signals whose default action is to be ignored, or to stop a process
+/// until SIGCONT, leave a guest running; SIGKILL then ends it.
+#[test]
+fn ignored_and_stop_signals_leave_a_guest_running() -> Result<()> {
+    let cd = containerd();
+    let image = cd.import("spin")?;
+    let id = "spin3";
+    let mut run = cd
+        .ctr_command(&["run", "--rm", "--runtime", RUNTIME, &image, id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    cd.wait_status(id, "RUNNING")?;
+    for signal in [
+        "SIGWINCH", "SIGURG", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGCONT",
+    ] {
+        cd.ctr(&["tasks", "kill", "-s", signal, id])?.ok()?;
+    }
+    // A signal that ends a guest does so within a tick of the engine's
+    // epoch (10 ms): had one of these, the task would be STOPPED (or gone,
+    // with --rm) well within this wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let tasks = cd.ctr(&["tasks", "ls"])?.stdout;
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING")),
+        "{tasks}"
+    );
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?.ok()?;
+    assert_eq!(
+        harness::wait_exit(&mut run, Duration::from_secs(20))?,
+        Some(137)
+    );
+    cd.assert_clean()
+}
+
 #[test]
 fn twenty_tasks_at_once() -> Result<()> {
     let cd = containerd();

@@ -260,10 +260,22 @@ impl Task {
 
     /// Stops the task with `signal`. Signals whose default action is to be
     /// ignored, and signal 0, change nothing: a wasm guest cannot catch any.
-    /// A guest that stops gracefully is asked to stop by SIGTERM and SIGINT
-    /// (and stopped at once by SIGKILL, or any other signal).
+    /// Nor do the stop signals, which would only stop a process until
+    /// SIGCONT (a stopped `pause` is a running one; freezing a guest is the
+    /// Task API's Pause). A guest that stops gracefully is asked to stop by
+    /// SIGTERM and SIGINT (and stopped at once by SIGKILL, or any other
+    /// signal).
     pub fn kill(&self, signal: u32) -> Result<Option<KillOutcome>> {
-        const IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH];
+        const IGNORED: [i32; 8] = [
+            libc::SIGCHLD,
+            libc::SIGCONT,
+            libc::SIGURG,
+            libc::SIGWINCH,
+            libc::SIGSTOP,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+        ];
         let mut state = lock(&self.state);
         match &mut *state {
             State::Stopped => Err(Error::not_found(format!(
