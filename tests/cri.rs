@@ -275,6 +275,49 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         .context("remove the pod whose shim was killed")?;
     gone(&cd, &killed, "the pause went with the killed shim's pod").await?;
 
+    // The pod's pause exits on its own (kill -9): the sandbox ends with it,
+    // before the pod's containers. Once they are removed too, the pod's
+    // shim exits (on 2.x, Shutdown came only with the sandbox's delete,
+    // while containers were left) and nothing is left behind.
+    let pod = cri
+        .run_pod("pause-pod", &tmp.path().join("logs-pause"), "wasmtime")
+        .await?;
+    let sleeper = cri
+        .start_container(&pod, "sleeper", &harness::image_name("sleep"), &[])
+        .await?;
+    let sidecar = cri
+        .start_container(&pod, "sidecar", &busybox, &["/busybox", "sleep", "600"])
+        .await?;
+    let pause = pause_pid(&pod.id)?;
+    // SAFETY: kill(2) on the pause runc started for this test's pod.
+    unsafe { libc::kill(pause as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cri.pod_ready(&pod).await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pod stayed ready without its pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in [&sleeper, &sidecar] {
+        cri.stop_container(id, 0).await?;
+        cri.remove_container(id).await?;
+    }
+    let ended = pod.id.clone();
+    cri.remove_pod(&pod)
+        .await
+        .context("remove the pod whose pause exited")?;
+    gone(&cd, &ended, "the pod whose pause exited").await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cd.shim_pids().is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pod's shim stayed up with no task: {:?}",
+            cd.shim_pids()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // 20 pods at once, each with a wasm container: all run, log and exit 0.
     let mut set = tokio::task::JoinSet::new();
     for i in 0..20 {

@@ -481,8 +481,9 @@ impl Delegates {
             Err(_) => {
                 // A Create that failed after the runc shim made the
                 // container (the call itself failed, say) would leave it
-                // there until that shim stops: delete it. Not found, the
-                // usual answer, changes nothing.
+                // there until that shim stops: delete it. Best effort: not
+                // found, the usual answer, changes nothing, and a Create
+                // still under way in runc is not found yet either.
                 let delete = api::DeleteRequest {
                     id: id.clone(),
                     ..Default::default()

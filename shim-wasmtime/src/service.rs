@@ -54,6 +54,10 @@ pub struct TaskService {
     /// Set once the shim has decided to exit: Connect (which `start` calls
     /// before it hands containerd this shim's address) is then refused.
     closing: Arc<AtomicBool>,
+    /// Set while an exit is on its way (see [`TaskService::exit_when_idle`]).
+    exiting: Arc<AtomicBool>,
+    /// The pods' ledgers, for `shim delete` after a crash.
+    ledgers: ledger::Ledgers,
     events: Events,
     exit: Arc<ExitSignal>,
 }
@@ -137,12 +141,71 @@ impl TaskService {
             lifetime,
             activity: Arc::default(),
             closing: Arc::default(),
+            exiting: Arc::default(),
+            ledgers: ledger::Ledgers::default(),
             pumps: Pumps::default(),
             resizing: tokio::sync::Mutex::new(()),
             tasks: Arc::default(),
             events,
             exit,
         }
+    }
+
+    /// Exits the shim once its last task is deleted (after `linger`, and
+    /// once output copies and the cgroup are done), unless a task comes
+    /// meanwhile. Called on Shutdown, which containerd sends after deleting
+    /// a task of a shim of task API 2, and on every Delete: a pod's shim of
+    /// task API 3 gets Shutdown only with its sandbox's Delete, which may
+    /// come before its other containers' (the pause exited).
+    fn exit_when_idle(&self) {
+        if !idle(&self.tasks, &self.delegates) || self.exiting.swap(true, SeqCst) {
+            return;
+        }
+        tracing::info!("last task deleted, shutting down");
+        // Leaving the cgroup waits on the kernel (an RCU grace period):
+        // answer containerd now, and exit once it is done.
+        let cgroup = self.cgroup.clone();
+        let exit = self.exit.clone();
+        let pumps = self.pumps.clone();
+        let lifetime = self.lifetime.clone();
+        let (tasks, delegates, activity, closing, exiting) = (
+            self.tasks.clone(),
+            self.delegates.clone(),
+            self.activity.clone(),
+            self.closing.clone(),
+            self.exiting.clone(),
+        );
+        let idle = move || idle(&tasks, &delegates);
+        tokio::spawn(async move {
+            let mut seen = activity.load(SeqCst);
+            pumps.idle(std::time::Duration::from_secs(12)).await;
+            cgroup.leave().await;
+            // Stay while anyone came by during the last linger period.
+            loop {
+                tokio::time::sleep(lifetime.linger).await;
+                if !idle() {
+                    // Busy again: its last Delete comes back here.
+                    exiting.store(false, SeqCst);
+                    return;
+                }
+                if activity.load(SeqCst) == seen {
+                    // Set, then check: Connect bumps, then checks.
+                    closing.store(true, SeqCst);
+                    if activity.load(SeqCst) == seen && idle() {
+                        break;
+                    }
+                    closing.store(false, SeqCst);
+                }
+                seen = activity.load(SeqCst);
+            }
+            if let Some(socket) = &lifetime.socket {
+                let _ = std::fs::remove_file(socket);
+            }
+            if !lifetime.linger.is_zero() {
+                tracing::info!("idle for {:?}, exiting", lifetime.linger);
+            }
+            exit.signal();
+        });
     }
 
     fn tasks(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
@@ -695,7 +758,7 @@ impl TaskApi for TaskService {
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
             Ok(Route::Runc(spec)) => {
-                ledger::record(bundle, &spec, &id, true);
+                self.ledgers.record(bundle, &spec, &id, true);
                 // If the pod's pause exits, its sandbox ends with it.
                 let tasks = self.tasks.clone();
                 let end_sandbox = move |pod: String| {
@@ -715,7 +778,7 @@ impl TaskApi for TaskService {
             }
             Ok(Route::Sandbox(mounted)) => self.create_sandbox(req, *mounted).await,
             Ok(Route::Wasm(mounted)) => {
-                ledger::record(bundle, &mounted.spec, &id, false);
+                self.ledgers.record(bundle, &mounted.spec, &id, false);
                 self.do_create(req, *mounted, &*self.runtime).await
             }
             Err(err) => Err(err),
@@ -786,11 +849,18 @@ impl TaskApi for TaskService {
         let id = req.id.clone();
         tracing::info!(id, "delete");
         if let Some(runc) = self.delegates.get(&id) {
-            return self.delegates.delete(ctx, &runc, &req).await;
+            let res = self.delegates.delete(ctx, &runc, &req).await;
+            if res.is_ok() && req.exec_id.is_empty() {
+                self.ledgers.forget(&id);
+            }
+            self.exit_when_idle();
+            return res;
         }
         let res = self.do_delete(req).await;
         if res.is_ok() {
+            self.ledgers.forget(&id);
             self.sandboxes.remove(ctx, &self.delegates, &id).await;
+            self.exit_when_idle();
         }
         reply("delete", &id, res)
     }
@@ -865,51 +935,7 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        // containerd asks after each delete; the shim goes once its last task has.
-        if idle(&self.tasks, &self.delegates) {
-            tracing::info!("last task deleted, shutting down");
-            // Leaving the cgroup waits on the kernel (an RCU grace period):
-            // answer containerd now, and exit once it is done.
-            let cgroup = self.cgroup.clone();
-            let exit = self.exit.clone();
-            let pumps = self.pumps.clone();
-            let lifetime = self.lifetime.clone();
-            let (tasks, delegates, activity, closing) = (
-                self.tasks.clone(),
-                self.delegates.clone(),
-                self.activity.clone(),
-                self.closing.clone(),
-            );
-            let idle = move || idle(&tasks, &delegates);
-            tokio::spawn(async move {
-                let mut seen = activity.load(SeqCst);
-                pumps.idle(std::time::Duration::from_secs(12)).await;
-                cgroup.leave().await;
-                // Stay while anyone came by during the last linger period.
-                loop {
-                    tokio::time::sleep(lifetime.linger).await;
-                    if !idle() {
-                        return; // busy again: its last Shutdown comes back here
-                    }
-                    if activity.load(SeqCst) == seen {
-                        // Set, then check: Connect bumps, then checks.
-                        closing.store(true, SeqCst);
-                        if activity.load(SeqCst) == seen && idle() {
-                            break;
-                        }
-                        closing.store(false, SeqCst);
-                    }
-                    seen = activity.load(SeqCst);
-                }
-                if let Some(socket) = &lifetime.socket {
-                    let _ = std::fs::remove_file(socket);
-                }
-                if !lifetime.linger.is_zero() {
-                    tracing::info!("idle for {:?}, exiting", lifetime.linger);
-                }
-                exit.signal();
-            });
-        }
+        self.exit_when_idle();
         Ok(api::Empty::new())
     }
 

@@ -5,7 +5,10 @@
 //!   2.x: [`crate::task_api`]). Containers of one Kubernetes pod share a
 //!   group (`io.kubernetes.cri.sandbox-id`), so one shim serves a whole pod;
 //!   under `ctr` each container gets its own.
-//! - `delete` cleans a bundle up after a shim died without doing so.
+//! - `delete` cleans a bundle up after a shim died without doing so (containerd
+//!   also runs it after a live shim's task is gone; it then finds little to
+//!   do), and, for a dead shim's pod sandbox, after the pod's other containers
+//!   ([`crate::lifecycle::ledger`]).
 //! - Containers whose entrypoint is a Linux executable go on to runc's own
 //!   shim ([`crate::runc`]), so one RuntimeClass serves a pod's pause
 //!   container and sidecars beside its wasm containers.
@@ -118,23 +121,24 @@ async fn running_shim(address: &str, id: &str) -> bool {
 }
 
 /// A shim that was killed (SIGKILL, the OOM killer) leaves its socket file
-/// behind. `shim delete`, which containerd runs for each of its tasks, removes
-/// the socket the bundle's `address` names once nothing answers on it; while
-/// the shim (or a new one for the same group) serves it, it stays.
-async fn remove_dead_socket(bundle: &std::path::Path) {
+/// behind. `shim delete` removes the socket the bundle's `address` names once
+/// nothing answers on it; while the shim (or a new one for the same group)
+/// serves it, it stays. Returns whether it found the shim dead that way: a
+/// shim that exits on its own removes its socket first, after its last task.
+async fn remove_dead_socket(bundle: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     let Ok(address) = tokio::fs::read_to_string(bundle.join("address")).await else {
-        return;
+        return false;
     };
     let Some(path) = address.trim().strip_prefix("unix://") else {
-        return;
+        return false;
     };
     // Only a socket file: never anything else a bad address could name.
     let is_socket = tokio::fs::symlink_metadata(path)
         .await
         .is_ok_and(|m| m.file_type().is_socket());
     if !is_socket {
-        return;
+        return false;
     }
     // A shim being killed can still hold its listening socket, and accept,
     // a moment after containerd saw its connection drop and ran us: ask a
@@ -143,15 +147,17 @@ async fn remove_dead_socket(bundle: &std::path::Path) {
         match tokio::net::UnixStream::connect(path).await {
             Ok(_) => tokio::time::sleep(DEAD_SOCKET_RETRY).await,
             Err(err) => {
-                if err.kind() == std::io::ErrorKind::ConnectionRefused
-                    && tokio::fs::remove_file(path).await.is_ok()
-                {
+                if err.kind() != std::io::ErrorKind::ConnectionRefused {
+                    return false;
+                }
+                if tokio::fs::remove_file(path).await.is_ok() {
                     tracing::info!(socket = path, "removed the socket of a shim that died");
                 }
-                return;
+                return true;
             }
         }
     }
+    false
 }
 
 /// How often, and how far apart, `shim delete` asks whether a socket's shim
@@ -267,9 +273,14 @@ impl Shim for WasmtimeShim {
         } else {
             PathBuf::from(&self.bundle)
         };
-        remove_dead_socket(&bundle).await;
+        let died = remove_dead_socket(&bundle).await;
         let runc_socket = self.runc_socket(&self.id, &bundle).await;
-        self.clean_up_pod(&bundle, &runc_socket).await;
+        // containerd also runs `shim delete` for a live shim's task (after
+        // each delete, and when a restarted containerd cannot load it):
+        // the pod's other containers are then the live shim's to end.
+        if died {
+            self.clean_up_pod(&bundle, &runc_socket).await;
+        }
         let launcher = runc::Launcher::beside(
             &self.publish_binary,
             &self.namespace,

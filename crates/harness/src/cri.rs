@@ -12,9 +12,10 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
 };
 use tonic::transport::Channel;
 
@@ -290,6 +291,21 @@ impl Cri {
             .filter(|pid| *pid > 0)
             .map(|pid| pid as u32)
             .with_context(|| format!("no sandbox pid in {info}"))
+    }
+
+    /// Whether the pod's sandbox is SANDBOX_READY (PodSandboxStatus).
+    pub async fn pod_ready(&mut self, pod: &Pod) -> Result<bool> {
+        let status = self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner();
+        let state = status.status.map(|s| s.state).unwrap_or_default();
+        Ok(state == PodSandboxState::SandboxReady as i32)
     }
 
     /// PodSandboxStatus's verbose `info`.

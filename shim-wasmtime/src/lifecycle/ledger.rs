@@ -2,18 +2,21 @@
 //! bundle of the pod's sandbox for `shim delete` after the shim died.
 //!
 //! On containerd 1.x (and 2.x told task API version 2), containerd runs
-//! `shim delete` for every container of a dead shim. On 2.x told version 3
-//! ([`crate::task_api`]) it runs it only for the sandbox: the pod's other
-//! containers were connected to the shim without a `start`, and their
-//! bundles may already be gone when that one `delete` runs. So each Create
-//! of a pod's container appends a line here first, and the sandbox's
-//! `delete` cleans up after every container on it: it asks the pod's runc
-//! shim to delete the ones handed to runc (or their processes would run on,
-//! and that shim with them), and removes the others' cgroups.
+//! `shim delete` for each container of a dead shim. On 2.x told version 3
+//! ([`crate::task_api`]) it runs it for the sandbox alone, until it is
+//! restarted: the pod's other containers were connected to the shim without
+//! a `start`, and their bundles are removed at once. So each Create of a
+//! pod's container appends a line here, each Delete a line that ends it, and
+//! the sandbox's `delete`, when it finds the shim dead, cleans up after the
+//! containers still listed: it asks the pod's runc shim to delete those
+//! handed to runc (or their processes would run on, and that shim with
+//! them), and removes the others' cgroups.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
@@ -24,52 +27,98 @@ const LEDGER: &str = "wasmtime-pod-members";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// A pod has few containers; a longer ledger is not ours.
 const MAX_BYTES: u64 = 1 << 20;
+/// Past this, [`Ledgers::record`] drops the lines of deleted containers.
+const COMPACT_AT: u64 = 64 << 10;
 
-/// One container of a pod.
+/// One container of a pod, or (`gone`) the end of one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: String,
     /// Handed to runc (a Linux executable), rather than run in the shim.
+    #[serde(default)]
     pub runc: bool,
     /// The spec's `linux.cgroupsPath`, if any.
+    #[serde(default)]
     pub cgroups_path: Option<String>,
+    /// Deleted the ordinary way: nothing to clean up after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
-/// Records container `id` (its bundle `bundle`, its spec `spec`) in its
-/// pod's ledger, if it belongs to a pod whose sandbox bundle is beside its
-/// own. Best effort: a failure is logged, and only the cleanup after a crash
-/// would miss it.
-pub fn record(bundle: &Path, spec: &Spec, id: &str, runc: bool) {
-    let Some(sandbox) = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(SANDBOX_ID))
-        .filter(|s| s.as_str() != id && is_plain_name(s))
-    else {
-        return;
-    };
-    let Some(sandbox_bundle) = bundle.parent().map(|tasks| tasks.join(sandbox)) else {
-        return;
-    };
-    if !sandbox_bundle.is_dir() {
-        return;
-    }
-    let member = Member {
-        id: id.to_string(),
-        runc,
-        cgroups_path: spec
-            .linux()
+/// The shim's side: appends to its pods' ledgers. One per shim, so that
+/// its writes to a ledger never race (the `delete` process only reads).
+#[derive(Default)]
+pub struct Ledgers {
+    /// Each recorded container's ledger file.
+    files: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl Ledgers {
+    /// Records container `id` (its bundle `bundle`, its spec `spec`) in its
+    /// pod's ledger, if it belongs to a pod whose sandbox bundle is beside
+    /// its own. Best effort: a failure is logged, and only the cleanup
+    /// after a crash would miss it.
+    pub fn record(&self, bundle: &Path, spec: &Spec, id: &str, runc: bool) {
+        let Some(sandbox) = spec
+            .annotations()
             .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned()),
-    };
-    if let Err(err) = append(&sandbox_bundle.join(LEDGER), &member) {
-        tracing::warn!(
-            id,
-            sandbox,
-            "cannot record the container in its pod's ledger: {err}"
-        );
+            .and_then(|a| a.get(SANDBOX_ID))
+            .filter(|s| s.as_str() != id && is_plain_name(s))
+        else {
+            return;
+        };
+        let Some(sandbox_bundle) = bundle.parent().map(|tasks| tasks.join(sandbox)) else {
+            return;
+        };
+        if !sandbox_bundle.is_dir() {
+            return;
+        }
+        let member = Member {
+            id: id.to_string(),
+            runc,
+            cgroups_path: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.to_string_lossy().into_owned()),
+            gone: false,
+        };
+        let file = sandbox_bundle.join(LEDGER);
+        let mut files = lock(&self.files);
+        if let Err(err) = compact_if_long(&file).and_then(|()| append(&file, &member)) {
+            tracing::warn!(
+                id,
+                sandbox,
+                "cannot record the container in its pod's ledger: {err}"
+            );
+            return;
+        }
+        files.insert(id.to_string(), file);
     }
+
+    /// Marks container `id` deleted in its pod's ledger, if it was recorded.
+    pub fn forget(&self, id: &str) {
+        let mut files = lock(&self.files);
+        let Some(file) = files.remove(id) else {
+            return;
+        };
+        let gone = Member {
+            id: id.to_string(),
+            runc: false,
+            cgroups_path: None,
+            gone: true,
+        };
+        if let Err(err) = append(&file, &gone) {
+            tracing::debug!(
+                id,
+                "cannot mark the container gone in its pod's ledger: {err}"
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn append(path: &Path, member: &Member) -> std::io::Result<()> {
@@ -81,13 +130,39 @@ fn append(path: &Path, member: &Member) -> std::io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    // One write(2) of a short line to an O_APPEND file: lines of
-    // concurrent Creates never interleave.
     file.write_all(&line)
 }
 
+/// A pod whose containers restart again and again (CrashLoopBackOff)
+/// appends two lines per restart: past `COMPACT_AT` bytes, the ledger is
+/// written anew with the members still there, and renamed over.
+fn compact_if_long(path: &Path) -> std::io::Result<()> {
+    let long = std::fs::symlink_metadata(path).is_ok_and(|m| m.len() > COMPACT_AT);
+    if !long {
+        return Ok(());
+    }
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let mut text = Vec::new();
+    for (member, _) in read(dir) {
+        text.extend(serde_json::to_vec(&member)?);
+        text.push(b'\n');
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(&text)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The containers recorded in the ledger of the sandbox whose bundle is
-/// `sandbox_bundle`, each once, with the bundle each had.
+/// `sandbox_bundle` and not deleted since, each once, with the bundle each
+/// had.
 pub fn read(sandbox_bundle: &Path) -> Vec<(Member, PathBuf)> {
     let path = sandbox_bundle.join(LEDGER);
     let too_big = std::fs::symlink_metadata(&path)
@@ -102,8 +177,10 @@ pub fn read(sandbox_bundle: &Path) -> Vec<(Member, PathBuf)> {
     for member in text
         .lines()
         .filter_map(|l| serde_json::from_str::<Member>(l).ok())
+        .filter(|m| is_plain_name(&m.id))
     {
-        if is_plain_name(&member.id) && !members.iter().any(|m| m.id == member.id) {
+        members.retain(|m| m.id != member.id);
+        if !member.gone {
             members.push(member);
         }
     }
@@ -135,8 +212,7 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn members_are_recorded_in_the_sandbox_s_bundle_and_read_back_once() {
+    fn pod() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
         let tasks = tempfile::tempdir().unwrap();
         let (pod, c1, c2) = (
             tasks.path().join("pod"),
@@ -146,38 +222,65 @@ mod tests {
         for d in [&pod, &c1, &c2] {
             std::fs::create_dir(d).unwrap();
         }
-        record(&c1, &spec("pod"), "c1", false);
-        record(&c2, &spec("pod"), "c2", true);
-        record(&c1, &spec("pod"), "c1", false);
+        (tasks, pod, c1, c2)
+    }
+
+    #[test]
+    fn members_are_recorded_in_the_sandbox_s_bundle_until_deleted() {
+        let (tasks, pod, c1, c2) = pod();
+        let ledgers = Ledgers::default();
+        ledgers.record(&c1, &spec("pod"), "c1", false);
+        ledgers.record(&c2, &spec("pod"), "c2", true);
+        ledgers.record(&c1, &spec("pod"), "c1", false);
         // The sandbox itself, and pods that are not plain names, are not.
-        record(&pod, &spec("pod"), "pod", false);
-        record(&c1, &spec("../pod"), "c1", false);
-        let read = read(&pod);
-        let ids: Vec<_> = read
-            .iter()
-            .map(|(m, b)| (m.id.as_str(), m.runc, b.clone()))
-            .collect();
+        ledgers.record(&pod, &spec("pod"), "pod", false);
+        ledgers.record(&c1, &spec("../pod"), "c1", false);
+        let ids = |pod: &Path| -> Vec<(String, bool, PathBuf)> {
+            read(pod)
+                .into_iter()
+                .map(|(m, b)| (m.id, m.runc, b))
+                .collect()
+        };
         assert_eq!(
-            ids,
-            vec![("c1", false, c1.clone()), ("c2", true, c2.clone())]
+            ids(&pod),
+            vec![
+                ("c2".into(), true, c2.clone()),
+                ("c1".into(), false, c1.clone())
+            ]
         );
-        assert_eq!(read[0].0.cgroups_path.as_deref(), Some("/k8s.io/c1"));
+        assert_eq!(read(&pod)[1].0.cgroups_path.as_deref(), Some("/k8s.io/c1"));
+        ledgers.forget("c1");
+        assert_eq!(ids(&pod), vec![("c2".into(), true, c2.clone())]);
         // No sandbox bundle beside it: nothing is written.
-        record(&c1, &spec("elsewhere"), "c1", false);
+        ledgers.record(&c1, &spec("elsewhere"), "c1", false);
         assert!(!tasks.path().join("elsewhere").exists());
     }
 
     #[test]
+    fn a_long_ledger_keeps_only_the_containers_still_there() {
+        let (_tasks, pod, c1, c2) = pod();
+        let ledgers = Ledgers::default();
+        ledgers.record(&c2, &spec("pod"), "c2", true);
+        // A container restarted over and over, each time a new id.
+        for i in 0..2000 {
+            let id = format!("restart-{i}");
+            ledgers.record(&c1, &spec("pod"), &id, false);
+            ledgers.forget(&id);
+        }
+        ledgers.record(&c1, &spec("pod"), "c1", false);
+        let len = std::fs::metadata(pod.join(LEDGER)).unwrap().len();
+        assert!(len <= COMPACT_AT + 1024, "{len} bytes");
+        let ids: Vec<String> = read(&pod).into_iter().map(|(m, _)| m.id).collect();
+        assert_eq!(ids, vec!["c2".to_string(), "c1".to_string()]);
+    }
+
+    #[test]
     fn a_ledger_that_is_a_link_is_not_followed() {
-        let tasks = tempfile::tempdir().unwrap();
-        let pod = tasks.path().join("pod");
-        let c1 = tasks.path().join("c1");
-        std::fs::create_dir(&pod).unwrap();
-        std::fs::create_dir(&c1).unwrap();
+        let (tasks, pod, c1, _) = pod();
         let target = tasks.path().join("target");
         std::fs::write(&target, "").unwrap();
         std::os::unix::fs::symlink(&target, pod.join(LEDGER)).unwrap();
-        record(&c1, &spec("pod"), "c1", false);
+        Ledgers::default().record(&c1, &spec("pod"), "c1", false);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
         assert!(read(&pod).is_empty());
     }

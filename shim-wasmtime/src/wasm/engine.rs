@@ -212,7 +212,16 @@ impl WasmEngine {
                         self.compile_ahead(&digest, &bytes)
                             .await
                             .with_context(what)?;
-                        link().await.with_context(what)
+                        match link().await {
+                            // The new entry did not load either (evicted
+                            // meanwhile, or no memory to map it): compile
+                            // here, as with no cache.
+                            Err(err) if err.downcast_ref::<EntryDropped>().is_some() => {
+                                tracing::warn!("{err:#}; compiling the guest in-process");
+                                link().await.with_context(what)
+                            }
+                            other => other.with_context(what),
+                        }
                     }
                     other => other.with_context(what),
                 }
