@@ -144,16 +144,23 @@ fn a_trap_in_a_module_with_dwarf_names_file_and_line() -> Result<()> {
     cd.assert_clean()
 }
 
-/// Runs the spinning guest under a foreground `ctr run`, kills it with
-/// `ctr task kill`, and returns ctr's exit code.
-fn kill_spinner(cd: &Containerd, id: &str, signal: Option<&str>) -> Result<Option<i32>> {
+/// Starts the spinning guest under a foreground `ctr run --rm`, once it
+/// runs: ctr's process.
+fn run_spinner(cd: &Containerd, id: &str) -> Result<std::process::Child> {
     let image = image_name("spin");
-    let mut run = cd
+    let run = cd
         .ctr_command(&["run", "--rm", "--runtime", RUNTIME, &image, id])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     cd.wait_status(id, "RUNNING")?;
+    Ok(run)
+}
+
+/// Runs the spinning guest under a foreground `ctr run`, kills it with
+/// `ctr task kill`, and returns ctr's exit code.
+fn kill_spinner(cd: &Containerd, id: &str, signal: Option<&str>) -> Result<Option<i32>> {
+    let mut run = run_spinner(cd, id)?;
     let mut args = vec!["tasks", "kill"];
     if let Some(s) = signal {
         args.extend(["-s", s]);
@@ -185,14 +192,9 @@ fn kill_stops_a_spinning_guest() -> Result<()> {
 #[test]
 fn ignored_and_stop_signals_leave_a_guest_running() -> Result<()> {
     let cd = containerd();
-    let image = cd.import("spin")?;
+    cd.import("spin")?;
     let id = "spin3";
-    let mut run = cd
-        .ctr_command(&["run", "--rm", "--runtime", RUNTIME, &image, id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    cd.wait_status(id, "RUNNING")?;
+    let mut run = run_spinner(&cd, id)?;
     for signal in [
         "SIGWINCH", "SIGURG", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGCONT",
     ] {

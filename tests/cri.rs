@@ -8,7 +8,7 @@
 //! One test function, so that only one CRI containerd runs at a time: CRI
 //! always works in the `k8s.io` namespace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -248,15 +248,8 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     // kill -9 of a pod's shim, with a wasm container and a sidecar (and so
     // the pause) running: containerd's cleanup (`shim delete`) stops what
     // runc runs too, and the pod is then removed cleanly.
-    let pod = cri
-        .run_pod("killed-pod", &tmp.path().join("logs-killed"), "wasmtime")
-        .await?;
-    let sleeper = cri
-        .start_container(&pod, "sleeper", &harness::image_name("sleep"), &[])
-        .await?;
-    let sidecar = cri
-        .start_container(&pod, "sidecar", &busybox, &["/busybox", "sleep", "600"])
-        .await?;
+    let (pod, sleeper, sidecar) =
+        sleeper_and_sidecar(&mut cri, "killed-pod", tmp.path(), &busybox).await?;
     let shim = cd.shim_pids();
     assert_eq!(shim.len(), 1, "{shim:?}");
     // SAFETY: kill(2) on the shim this test's containerd started.
@@ -279,15 +272,8 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
     // before the pod's containers. Once they are removed too, the pod's
     // shim exits (on 2.x, Shutdown came only with the sandbox's delete,
     // while containers were left) and nothing is left behind.
-    let pod = cri
-        .run_pod("pause-pod", &tmp.path().join("logs-pause"), "wasmtime")
-        .await?;
-    let sleeper = cri
-        .start_container(&pod, "sleeper", &harness::image_name("sleep"), &[])
-        .await?;
-    let sidecar = cri
-        .start_container(&pod, "sidecar", &busybox, &["/busybox", "sleep", "600"])
-        .await?;
+    let (pod, sleeper, sidecar) =
+        sleeper_and_sidecar(&mut cri, "pause-pod", tmp.path(), &busybox).await?;
     let pause = pause_pid(&pod.id)?;
     // SAFETY: kill(2) on the pause runc started for this test's pod.
     unsafe { libc::kill(pause as i32, libc::SIGKILL) };
@@ -341,6 +327,27 @@ async fn a_pod_runs_wasm_containers_in_one_shim_beside_linux_ones() -> Result<()
         done??;
     }
     tokio::task::spawn_blocking(move || cd.assert_clean()).await?
+}
+
+/// A pod `name` of the `wasmtime` handler (logs under `dir`) running a
+/// sleeping wasm container and a busybox sidecar (so the pod's pause too):
+/// the pod, the sleeper's id and the sidecar's.
+async fn sleeper_and_sidecar(
+    cri: &mut Cri,
+    name: &str,
+    dir: &Path,
+    busybox: &str,
+) -> Result<(harness::cri::Pod, String, String)> {
+    let pod = cri
+        .run_pod(name, &dir.join(format!("logs-{name}")), "wasmtime")
+        .await?;
+    let sleeper = cri
+        .start_container(&pod, "sleeper", &harness::image_name("sleep"), &[])
+        .await?;
+    let sidecar = cri
+        .start_container(&pod, "sidecar", busybox, &["/busybox", "sleep", "600"])
+        .await?;
+    Ok((pod, sleeper, sidecar))
 }
 
 /// runc's state folder for a pod's pause (`<sandbox id>-pause`, in CRI's

@@ -13,8 +13,8 @@ use k8s_cri::v1::{
     CreateContainerRequest, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatusResponse, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
     UpdateContainerResourcesRequest,
 };
 use tonic::transport::Channel;
@@ -295,30 +295,26 @@ impl Cri {
 
     /// Whether the pod's sandbox is SANDBOX_READY (PodSandboxStatus).
     pub async fn pod_ready(&mut self, pod: &Pod) -> Result<bool> {
-        let status = self
-            .runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.id.clone(),
-                verbose: false,
-            })
-            .await
-            .context("PodSandboxStatus")?
-            .into_inner();
+        let status = self.pod_status(pod, false).await?;
         let state = status.status.map(|s| s.state).unwrap_or_default();
         Ok(state == PodSandboxState::SandboxReady as i32)
     }
 
-    /// PodSandboxStatus's verbose `info`.
-    async fn sandbox_info(&mut self, pod: &Pod) -> Result<serde_json::Value> {
-        let status = self
+    async fn pod_status(&mut self, pod: &Pod, verbose: bool) -> Result<PodSandboxStatusResponse> {
+        Ok(self
             .runtime
             .pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: pod.id.clone(),
-                verbose: true,
+                verbose,
             })
             .await
             .context("PodSandboxStatus")?
-            .into_inner();
+            .into_inner())
+    }
+
+    /// PodSandboxStatus's verbose `info`.
+    async fn sandbox_info(&mut self, pod: &Pod) -> Result<serde_json::Value> {
+        let status = self.pod_status(pod, true).await?;
         let info = status.info.get("info").context("no verbose info")?;
         Ok(serde_json::from_str(info)?)
     }
