@@ -384,8 +384,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn runc_options(bundle: &Path) -> Option<Any> {
     let spec = std::fs::read(bundle.join("config.json")).ok()?;
     let spec: oci_spec::runtime::Spec = serde_json::from_slice(&spec).ok()?;
-    let path = spec.linux().as_ref()?.cgroups_path().clone()?;
-    let path = path.to_string_lossy();
+    let path = crate::lifecycle::cgroup::cgroups_path(&spec)?;
     let systemd = !path.starts_with('/') && path.split(':').count() == 3;
     // containerd.runc.v1.Options, field 9 (systemd_cgroup) = true.
     systemd.then(|| Any {

@@ -446,7 +446,7 @@ fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> Result<()> {
 }
 
 /// The pod a container belongs to (CRI's `sandbox-id` annotation).
-fn pod_of(spec: &Spec) -> Option<String> {
+pub fn pod_of(spec: &Spec) -> Option<String> {
     spec.annotations()
         .as_ref()
         .and_then(|a| a.get(SANDBOX_ID))

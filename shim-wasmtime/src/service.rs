@@ -758,7 +758,8 @@ impl TaskApi for TaskService {
         tracing::info!(id, bundle = req.bundle, "create");
         let res = match self.route(&req).await {
             Ok(Route::Runc(spec)) => {
-                self.ledgers.record(bundle, &spec, &id, true);
+                self.ledgers
+                    .record(bundle, sandbox::pod_of(&spec).as_deref(), &spec, &id, true);
                 // If the pod's pause exits, its sandbox ends with it.
                 let tasks = self.tasks.clone();
                 let end_sandbox = move |pod: String| {
@@ -778,7 +779,9 @@ impl TaskApi for TaskService {
             }
             Ok(Route::Sandbox(mounted)) => self.create_sandbox(req, *mounted).await,
             Ok(Route::Wasm(mounted)) => {
-                self.ledgers.record(bundle, &mounted.spec, &id, false);
+                let pod = sandbox::pod_of(&mounted.spec);
+                self.ledgers
+                    .record(bundle, pod.as_deref(), &mounted.spec, &id, false);
                 self.do_create(req, *mounted, &*self.runtime).await
             }
             Err(err) => Err(err),

@@ -26,7 +26,7 @@ use containerd_shim::{api, Config, Error, Flags, StartOpts};
 use containerd_shim_protos::protobuf::MessageField;
 
 use crate::lifecycle::events::Events;
-use crate::lifecycle::{ledger, rootfs};
+use crate::lifecycle::{cgroup, ledger, rootfs};
 use crate::runc;
 use crate::service::{Lifetime, TaskService};
 use crate::task_api;
@@ -183,14 +183,10 @@ fn raise_fd_limit() {
 }
 
 impl WasmtimeShim {
-    /// Where the runc shim of the group of the container with bundle
-    /// `bundle` listens: runc's shim hashes the bare group id.
-    async fn runc_socket(&self, id: &str, bundle: &Path) -> String {
-        let spec = containerd_shim::asynchronous::util::read_spec(bundle)
-            .await
-            .ok();
+    /// Where the runc shim of the group of container `id` (its spec `spec`)
+    /// listens: runc's shim hashes the bare group id.
+    fn runc_socket(&self, id: &str, spec: Option<&oci_spec::runtime::Spec>) -> String {
         let group = spec
-            .as_ref()
             .map(|s| group_of(s, id))
             .unwrap_or_else(|| id.to_string());
         containerd_shim::socket_address(&self.address, &self.namespace, &group)
@@ -202,21 +198,21 @@ impl WasmtimeShim {
     /// filesystems and cgroups go.
     async fn clean_up_pod(&self, sandbox_bundle: &Path, runc_socket: &str) {
         for (member, bundle) in ledger::read(sandbox_bundle) {
-            if member.id == self.id {
-                continue;
-            }
             if member.runc {
                 runc::delete_member_after_crash(&member.id, &bundle, runc_socket).await;
-                continue;
-            }
-            rootfs::unmount(&rootfs::path(&bundle)).await;
-            if let Some(path) = member.cgroups_path {
-                let _ = tokio::task::spawn_blocking(move || {
-                    crate::lifecycle::cgroup::remove_all(&path)
-                })
-                .await;
+            } else {
+                release(&bundle, member.cgroups_path).await;
             }
         }
+    }
+}
+
+/// What a dead shim held for a wasm container: its root filesystem's
+/// mounts (in bundle `bundle`) and its cgroup.
+async fn release(bundle: &Path, cgroups_path: Option<String>) {
+    rootfs::unmount(&rootfs::path(bundle)).await;
+    if let Some(path) = cgroups_path {
+        let _ = tokio::task::spawn_blocking(move || cgroup::remove_all(&path)).await;
     }
 }
 
@@ -274,7 +270,10 @@ impl Shim for WasmtimeShim {
             PathBuf::from(&self.bundle)
         };
         let died = remove_dead_socket(&bundle).await;
-        let runc_socket = self.runc_socket(&self.id, &bundle).await;
+        let spec = containerd_shim::asynchronous::util::read_spec(&bundle)
+            .await
+            .ok();
+        let runc_socket = self.runc_socket(&self.id, spec.as_ref());
         // containerd also runs `shim delete` for a live shim's task (after
         // each delete, and when a restarted containerd cannot load it):
         // the pod's other containers are then the live shim's to end.
@@ -291,20 +290,7 @@ impl Shim for WasmtimeShim {
         {
             return Ok(res);
         }
-        rootfs::unmount(&rootfs::path(&bundle)).await;
-        let spec = containerd_shim::asynchronous::util::read_spec(&bundle)
-            .await
-            .ok();
-        if let Some(path) = spec
-            .as_ref()
-            .and_then(|s| s.linux().as_ref())
-            .and_then(|l| l.cgroups_path().as_ref())
-        {
-            let path = path.to_string_lossy().into_owned();
-            let _ =
-                tokio::task::spawn_blocking(move || crate::lifecycle::cgroup::remove_all(&path))
-                    .await;
-        }
+        release(&bundle, spec.as_ref().and_then(cgroup::cgroups_path)).await;
         Ok(api::DeleteResponse {
             // The shim died, so its task was killed: report SIGKILL.
             exit_status: 128 + libc::SIGKILL as u32,

@@ -303,14 +303,9 @@ impl ShimCgroup {
         if !self.enabled || self.tried.swap(true, SeqCst) {
             return;
         }
-        let Some(path) = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-        else {
+        let Some(path) = cgroups_path(spec) else {
             return;
         };
-        let path = path.to_string_lossy().into_owned();
         let state = self.state.clone();
         let joining = tokio::task::spawn_blocking(move || {
             let m = match Membership::join(&path, &limits) {
@@ -383,6 +378,12 @@ fn remove(dir: &Path) {
             tracing::warn!(dir = %dir.display(), %err, "cannot remove cgroup");
         }
     }
+}
+
+/// A spec's `linux.cgroupsPath`, if it has one.
+pub fn cgroups_path(spec: &Spec) -> Option<String> {
+    let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
+    Some(path.to_string_lossy().into_owned())
 }
 
 /// Removes a dead shim's cgroups (`shim delete`). A shim killed with

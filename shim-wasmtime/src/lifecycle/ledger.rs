@@ -23,8 +23,6 @@ use serde::{Deserialize, Serialize};
 
 /// The file, in the sandbox's bundle.
 const LEDGER: &str = "wasmtime-pod-members";
-/// CRI's annotation naming a container's pod sandbox.
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// A pod has few containers; a longer ledger is not ours.
 const MAX_BYTES: u64 = 1 << 20;
 /// Past this, [`Ledgers::record`] drops the lines of deleted containers.
@@ -54,17 +52,12 @@ pub struct Ledgers {
 }
 
 impl Ledgers {
-    /// Records container `id` (its bundle `bundle`, its spec `spec`) in its
-    /// pod's ledger, if it belongs to a pod whose sandbox bundle is beside
-    /// its own. Best effort: a failure is logged, and only the cleanup
-    /// after a crash would miss it.
-    pub fn record(&self, bundle: &Path, spec: &Spec, id: &str, runc: bool) {
-        let Some(sandbox) = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(SANDBOX_ID))
-            .filter(|s| s.as_str() != id && is_plain_name(s))
-        else {
+    /// Records container `id` (its bundle `bundle`, its spec `spec`) in the
+    /// ledger of its pod `pod` (see [`crate::sandbox::pod_of`]), if the
+    /// pod's sandbox bundle is beside its own. Best effort: a failure is
+    /// logged, and only the cleanup after a crash would miss it.
+    pub fn record(&self, bundle: &Path, pod: Option<&str>, spec: &Spec, id: &str, runc: bool) {
+        let Some(sandbox) = pod.filter(|s| *s != id && is_plain_name(s)) else {
             return;
         };
         let Some(sandbox_bundle) = bundle.parent().map(|tasks| tasks.join(sandbox)) else {
@@ -76,11 +69,7 @@ impl Ledgers {
         let member = Member {
             id: id.to_string(),
             runc,
-            cgroups_path: spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| p.to_string_lossy().into_owned()),
+            cgroups_path: super::cgroup::cgroups_path(spec),
             gone: false,
         };
         let file = sandbox_bundle.join(LEDGER);
@@ -203,10 +192,9 @@ fn is_plain_name(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn spec(sandbox: &str) -> Spec {
+    fn spec() -> Spec {
         serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
-            "annotations": {SANDBOX_ID: sandbox},
             "linux": {"cgroupsPath": "/k8s.io/c1"}
         }))
         .unwrap()
@@ -229,12 +217,12 @@ mod tests {
     fn members_are_recorded_in_the_sandbox_s_bundle_until_deleted() {
         let (tasks, pod, c1, c2) = pod();
         let ledgers = Ledgers::default();
-        ledgers.record(&c1, &spec("pod"), "c1", false);
-        ledgers.record(&c2, &spec("pod"), "c2", true);
-        ledgers.record(&c1, &spec("pod"), "c1", false);
+        ledgers.record(&c1, Some("pod"), &spec(), "c1", false);
+        ledgers.record(&c2, Some("pod"), &spec(), "c2", true);
+        ledgers.record(&c1, Some("pod"), &spec(), "c1", false);
         // The sandbox itself, and pods that are not plain names, are not.
-        ledgers.record(&pod, &spec("pod"), "pod", false);
-        ledgers.record(&c1, &spec("../pod"), "c1", false);
+        ledgers.record(&pod, Some("pod"), &spec(), "pod", false);
+        ledgers.record(&c1, Some("../pod"), &spec(), "c1", false);
         let ids = |pod: &Path| -> Vec<(String, bool, PathBuf)> {
             read(pod)
                 .into_iter()
@@ -252,7 +240,7 @@ mod tests {
         ledgers.forget("c1");
         assert_eq!(ids(&pod), vec![("c2".into(), true, c2.clone())]);
         // No sandbox bundle beside it: nothing is written.
-        ledgers.record(&c1, &spec("elsewhere"), "c1", false);
+        ledgers.record(&c1, Some("elsewhere"), &spec(), "c1", false);
         assert!(!tasks.path().join("elsewhere").exists());
     }
 
@@ -260,14 +248,14 @@ mod tests {
     fn a_long_ledger_keeps_only_the_containers_still_there() {
         let (_tasks, pod, c1, c2) = pod();
         let ledgers = Ledgers::default();
-        ledgers.record(&c2, &spec("pod"), "c2", true);
+        ledgers.record(&c2, Some("pod"), &spec(), "c2", true);
         // A container restarted over and over, each time a new id.
         for i in 0..2000 {
             let id = format!("restart-{i}");
-            ledgers.record(&c1, &spec("pod"), &id, false);
+            ledgers.record(&c1, Some("pod"), &spec(), &id, false);
             ledgers.forget(&id);
         }
-        ledgers.record(&c1, &spec("pod"), "c1", false);
+        ledgers.record(&c1, Some("pod"), &spec(), "c1", false);
         let len = std::fs::metadata(pod.join(LEDGER)).unwrap().len();
         assert!(len <= COMPACT_AT + 1024, "{len} bytes");
         let ids: Vec<String> = read(&pod).into_iter().map(|(m, _)| m.id).collect();
@@ -280,7 +268,7 @@ mod tests {
         let target = tasks.path().join("target");
         std::fs::write(&target, "").unwrap();
         std::os::unix::fs::symlink(&target, pod.join(LEDGER)).unwrap();
-        Ledgers::default().record(&c1, &spec("pod"), "c1", false);
+        Ledgers::default().record(&c1, Some("pod"), &spec(), "c1", false);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
         assert!(read(&pod).is_empty());
     }

@@ -134,14 +134,19 @@ impl DiskCache {
         self.max_bytes
     }
 
+    /// Whether there is a file for `module`, whatever it holds.
+    pub fn has_file(&self, module: &Digest32) -> bool {
+        self.path(module).exists()
+    }
+
     /// Whether there is an entry for `module` that is Wasmtime's code by its
     /// ELF header (not whether it loads). An entry that is not (corrupt, or
     /// cut short) is removed, so the guest is compiled again, in a child.
     pub fn holds(&self, module: &Digest32) -> bool {
-        let path = self.path(module);
-        if !path.exists() {
+        if !self.has_file(module) {
             return false;
         }
+        let path = self.path(module);
         match Engine::detect_precompiled_file(&path) {
             Ok(Some(_)) => true,
             other => {

@@ -203,27 +203,25 @@ impl WasmEngine {
                             .context("compile task failed")?
                     }
                 };
-                match link().await {
-                    // The entry passed the header check but did not load,
-                    // and is gone: compile again (in a child, as a miss
-                    // would) rather than in this process.
-                    Err(err) if err.downcast_ref::<EntryDropped>().is_some() => {
-                        tracing::warn!("{err:#}; compiling the guest again");
-                        self.compile_ahead(&digest, &bytes)
-                            .await
-                            .with_context(what)?;
-                        match link().await {
-                            // The new entry did not load either (evicted
-                            // meanwhile, or no memory to map it): compile
-                            // here, as with no cache.
-                            Err(err) if err.downcast_ref::<EntryDropped>().is_some() => {
-                                tracing::warn!("{err:#}; compiling the guest in-process");
-                                link().await.with_context(what)
+                // An entry that passed the header check but did not load is
+                // gone: compile again in a child, as a miss would, rather
+                // than here. Should the new entry not load either (evicted
+                // meanwhile, or no memory to map it), the third link finds
+                // none and compiles here, as with no cache.
+                let mut attempt = 0;
+                loop {
+                    match link().await {
+                        Err(err) if attempt < 2 && err.downcast_ref::<EntryDropped>().is_some() => {
+                            tracing::warn!("{err:#}; compiling the guest again");
+                            if attempt == 0 {
+                                self.compile_ahead(&digest, &bytes)
+                                    .await
+                                    .with_context(what)?;
                             }
-                            other => other.with_context(what),
+                            attempt += 1;
                         }
+                        other => break other.with_context(what),
                     }
-                    other => other.with_context(what),
                 }
             })
             .await;

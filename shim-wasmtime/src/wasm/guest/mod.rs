@@ -180,7 +180,8 @@ impl std::error::Error for EntryDropped {}
 /// Fails with [`EntryDropped`] when there was an entry that did not load.
 fn compile<A: Artifact>(tools: &Toolbox, digest: &Digest32, bytes: &[u8]) -> Result<A> {
     if let Some(disk) = &tools.disk {
-        let had_entry = disk.holds(digest);
+        // A stat, not `holds`: Create already checked the header.
+        let had_entry = disk.has_file(digest);
         if let Some(compiled) = disk.load::<A>(&tools.engine, digest) {
             tracing::debug!(digest = hex::encode(digest), "compiled-code cache hit");
             return Ok(compiled);
