@@ -71,6 +71,11 @@ pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
+/// How long a Delete that leaves the shim no task waits for containerd's
+/// Shutdown before the shim exits on its own (see
+/// [`TaskService::exit_when_idle`]).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How the shim ends once it has no task left, and what it may join.
 #[derive(Debug, Clone, Default)]
 pub struct Lifetime {
@@ -153,15 +158,16 @@ impl TaskService {
 
     /// Exits the shim once its last task is deleted (after `linger`, and
     /// once output copies and the cgroup are done), unless a task comes
-    /// meanwhile. Called on Shutdown, which containerd sends after deleting
-    /// a task of a shim of task API 2, and on every Delete: a pod's shim of
-    /// task API 3 gets Shutdown only with its sandbox's Delete, which may
-    /// come before its other containers' (the pause exited).
-    fn exit_when_idle(&self) {
-        if !idle(&self.tasks, &self.delegates) || self.exiting.swap(true, SeqCst) {
+    /// meanwhile. Called on Shutdown (`after` zero), which containerd sends
+    /// once it has a task's Delete reply, and `after` [`SHUTDOWN_GRACE`] on
+    /// every Delete: a pod's shim of task API 3 gets Shutdown only with its
+    /// sandbox's Delete, which may come before its other containers' (the
+    /// pause exited). The grace lets the Delete reply go out first, and a
+    /// Shutdown that comes meanwhile does the exit.
+    fn exit_when_idle(&self, after: std::time::Duration) {
+        if !idle(&self.tasks, &self.delegates) {
             return;
         }
-        tracing::info!("last task deleted, shutting down");
         // Leaving the cgroup waits on the kernel (an RCU grace period):
         // answer containerd now, and exit once it is done.
         let cgroup = self.cgroup.clone();
@@ -177,6 +183,11 @@ impl TaskService {
         );
         let idle = move || idle(&tasks, &delegates);
         tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if !idle() || exiting.swap(true, SeqCst) {
+                return;
+            }
+            tracing::info!("last task deleted, shutting down");
             let mut seen = activity.load(SeqCst);
             pumps.idle(std::time::Duration::from_secs(12)).await;
             cgroup.leave().await;
@@ -856,14 +867,14 @@ impl TaskApi for TaskService {
             if res.is_ok() && req.exec_id.is_empty() {
                 self.ledgers.forget(&id);
             }
-            self.exit_when_idle();
+            self.exit_when_idle(SHUTDOWN_GRACE);
             return res;
         }
         let res = self.do_delete(req).await;
         if res.is_ok() {
             self.ledgers.forget(&id);
             self.sandboxes.remove(ctx, &self.delegates, &id).await;
-            self.exit_when_idle();
+            self.exit_when_idle(SHUTDOWN_GRACE);
         }
         reply("delete", &id, res)
     }
@@ -938,7 +949,7 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.exit_when_idle();
+        self.exit_when_idle(std::time::Duration::ZERO);
         Ok(api::Empty::new())
     }
 
